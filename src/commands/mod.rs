@@ -1,0 +1,56 @@
+//! What each subcommand does. `main` parses the command line and calls [`run`].
+
+mod serve;
+mod user;
+
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command, SecretsCommand};
+use crate::config::{Overrides, Settings, SECRET_NAMES};
+use crate::store::Db;
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut flags = Overrides {
+        config: cli.config,
+        database: cli.database,
+        listen: None,
+    };
+    match cli.command {
+        Command::Serve { listen } => {
+            flags.listen = listen;
+            serve::run(&Settings::load(&flags)?)
+        }
+        Command::Migrate => {
+            let settings = Settings::load(&flags)?;
+            Db::open(&settings.database)?;
+            println!("database {} is up to date", settings.database.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::User(cmd) => user::run(&open_db(&flags)?, cmd),
+        Command::Secrets(SecretsCommand::Generate) => {
+            for name in SECRET_NAMES {
+                println!("{name}={}", crate::security::random_secret_hex());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backup { out } => {
+            let db = open_db(&flags)?;
+            let path = crate::ops::backup::run(&db, out.as_deref())?;
+            println!("backup written to {}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify => {
+            let report = crate::ops::verify::run(&open_db(&flags)?)?;
+            print!("{report}");
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn open_db(flags: &Overrides) -> anyhow::Result<Db> {
+    Db::open(&Settings::load(flags)?.database)
+}

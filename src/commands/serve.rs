@@ -1,0 +1,95 @@
+//! `crm serve`: first-run setup, then the HTTP server until SIGINT/SIGTERM.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::config::{resolve_secrets, LogFormat, Settings};
+use crate::domain::{Email, Role};
+use crate::http::{self, AppState};
+use crate::security::random_password;
+use crate::store::{staff, Db};
+
+pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
+    init_logging(settings.log_format);
+    let db = Db::open(&settings.database)?;
+    let (secrets, generated) = resolve_secrets(settings)?;
+    if !generated.is_empty() {
+        eprintln!(
+            "WARNING: {} not configured: generated and stored in {} (mode 0600).\n\
+             WARNING: fine for a trial; for production set your own (`crm secrets generate`) and share \
+             them with the Trading Platform team over a secure channel.",
+            generated.join(", "),
+            settings.secrets_file().display()
+        );
+    }
+    bootstrap_admin(&db)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, database = %settings.database.display(), "CRM started");
+        // Tests and scripts read this line to learn the port when listening on :0.
+        println!("listening on http://{addr}");
+        let state = AppState::new(db, settings.clone(), secrets);
+        http::serve(state, listener, shutdown_signal()).await;
+        tracing::info!("CRM stopped");
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// With no staff user at all, nobody could log in: create `admin` and print its password once.
+fn bootstrap_admin(db: &Db) -> anyhow::Result<()> {
+    if db.read_sync(staff::count)? > 0 {
+        return Ok(());
+    }
+    let email = Email::parse("admin@crm.local")?;
+    let password = random_password();
+    super::user::create_staff(db, &email, "admin", Role::Admin, &password, "system")?;
+    println!(
+        "First run: created the admin user.\n  email:    {email}\n  password: {password}\n\
+         This password is shown only once. Log in at the admin page and change it, or reset it with \
+         `crm user reset-password --email {email}`."
+    );
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CRM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

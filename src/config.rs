@@ -1,0 +1,504 @@
+//! Typed settings. Precedence, lowest first: built-in defaults, `crm.toml`, environment
+//! variables (the guide's names, `*_PREVIOUS`, `CRM_*`), command-line flags.
+//!
+//! Secrets are held in [`Secret`], whose `Debug` never shows the value, so no log line or error
+//! can leak one. A secret not configured anywhere is taken from `secrets.env` beside the
+//! database, generating it there on first run (see [`resolve_secrets`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::security::random_secret_hex;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATABASE: &str = "./data/crm.db";
+pub const DEFAULT_CONFIG_FILE: &str = "crm.toml";
+pub const SECRETS_FILE: &str = "secrets.env";
+const MIN_SECRET_LEN: usize = 16;
+
+/// A secret value. Prints as `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The four secrets of the guide, by their environment names.
+pub const SECRET_NAMES: [&str; 4] = ["JWT_SECRET", "WEBHOOK_SECRET", "SERVICE_API_TOKEN", "SSO_SECRET"];
+/// The ones that may have a `*_PREVIOUS` twin during rotation.
+pub const ROTATING_NAMES: [&str; 3] = ["JWT_SECRET", "WEBHOOK_SECRET", "SERVICE_API_TOKEN"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where a secret came from; `crm doctor` warns about generated ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretOrigin {
+    ConfigFile,
+    Environment,
+    SecretsFile,
+    Generated,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config_file: Option<PathBuf>,
+    pub listen: SocketAddr,
+    pub database: PathBuf,
+    pub trading_platform_url: String,
+    /// Requests per minute per service-API caller; 0 switches the limit off.
+    pub service_rate_limit: u32,
+    pub webhook_max_body_bytes: usize,
+    pub log_format: LogFormat,
+    /// Configured secrets by environment name (including `*_PREVIOUS`), before first-run fill-in.
+    pub secrets: BTreeMap<String, (Secret, SecretOrigin)>,
+}
+
+/// Command-line flags that override everything else.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub database: Option<PathBuf>,
+}
+
+/// `crm.toml`. Unknown keys stop start-up, so a typo never silently falls back to a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    database: Option<PathBuf>,
+    trading_platform_url: Option<String>,
+    service_rate_limit: Option<u32>,
+    webhook_max_body_bytes: Option<usize>,
+    log_format: Option<String>,
+    jwt_secret: Option<String>,
+    jwt_secret_previous: Option<String>,
+    webhook_secret: Option<String>,
+    webhook_secret_previous: Option<String>,
+    service_api_token: Option<String>,
+    service_api_token_previous: Option<String>,
+    sso_secret: Option<String>,
+}
+
+/// A start-up configuration problem, phrased as one line that names the key and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(pub String);
+
+fn err(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+impl Settings {
+    /// Loads settings from the process environment.
+    pub fn load(flags: &Overrides) -> Result<Settings, ConfigError> {
+        Settings::load_with(flags, &|name| std::env::var(name).ok())
+    }
+
+    /// Loads settings with `env` standing in for the environment (tests pass a map).
+    pub fn load_with(flags: &Overrides, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+        let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+        let explicit_config = flags.config.clone().or_else(|| env("CRM_CONFIG").map(PathBuf::from));
+        let (file, config_file) = match explicit_config {
+            Some(path) => (read_file(&path)?, Some(path)),
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => (
+                read_file(Path::new(DEFAULT_CONFIG_FILE))?,
+                Some(PathBuf::from(DEFAULT_CONFIG_FILE)),
+            ),
+            None => (FileConfig::default(), None),
+        };
+
+        let listen_raw = flags
+            .listen
+            .clone()
+            .or_else(|| env("CRM_LISTEN"))
+            .or(file.listen.clone())
+            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen = listen_raw.parse().map_err(|_| {
+            err(format!(
+                "listen address '{listen_raw}' is not valid: use IP:PORT such as 127.0.0.1:8080"
+            ))
+        })?;
+
+        let database = flags
+            .database
+            .clone()
+            .or_else(|| env("CRM_DATABASE").map(PathBuf::from))
+            .or(file.database.clone())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATABASE));
+
+        let trading_platform_url = env("TRADING_PLATFORM_URL")
+            .or(file.trading_platform_url.clone())
+            .unwrap_or_else(|| "http://localhost:3000".into());
+        let trading_platform_url = trading_platform_url.trim_end_matches('/').to_string();
+        if !(trading_platform_url.starts_with("https://") || trading_platform_url.starts_with("http://")) {
+            return Err(err(
+                "TRADING_PLATFORM_URL must start with https:// (or http:// for local testing)",
+            ));
+        }
+
+        let service_rate_limit = match env("CRM_SERVICE_RATE_LIMIT") {
+            Some(v) => v.trim().parse().map_err(|_| {
+                err(format!(
+                    "CRM_SERVICE_RATE_LIMIT '{v}' is not a whole number: use requests per minute, 0 for no limit"
+                ))
+            })?,
+            None => file.service_rate_limit.unwrap_or(100),
+        };
+
+        let webhook_max_body_bytes = match env("CRM_WEBHOOK_MAX_BODY_BYTES") {
+            Some(v) => v.trim().parse().map_err(|_| {
+                err(format!(
+                    "CRM_WEBHOOK_MAX_BODY_BYTES '{v}' is not a whole number of bytes"
+                ))
+            })?,
+            None => file.webhook_max_body_bytes.unwrap_or(1024 * 1024),
+        };
+        if webhook_max_body_bytes < 1024 {
+            return Err(err("webhook_max_body_bytes must be at least 1024"));
+        }
+
+        let log_format = match env("CRM_LOG_FORMAT").or(file.log_format.clone()).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(err(format!(
+                    "log_format '{other}' is not known: use \"text\" or \"json\""
+                )))
+            }
+        };
+
+        let mut secrets = BTreeMap::new();
+        let from_file = [
+            ("JWT_SECRET", &file.jwt_secret),
+            ("JWT_SECRET_PREVIOUS", &file.jwt_secret_previous),
+            ("WEBHOOK_SECRET", &file.webhook_secret),
+            ("WEBHOOK_SECRET_PREVIOUS", &file.webhook_secret_previous),
+            ("SERVICE_API_TOKEN", &file.service_api_token),
+            ("SERVICE_API_TOKEN_PREVIOUS", &file.service_api_token_previous),
+            ("SSO_SECRET", &file.sso_secret),
+        ];
+        for (name, value) in from_file {
+            let chosen = match env(name) {
+                Some(v) => Some((v, SecretOrigin::Environment)),
+                None => value
+                    .clone()
+                    .filter(|v| !v.trim().is_empty())
+                    .map(|v| (v, SecretOrigin::ConfigFile)),
+            };
+            if let Some((value, origin)) = chosen {
+                check_secret(name, &value)?;
+                secrets.insert(name.to_string(), (Secret::new(value.trim()), origin));
+            }
+        }
+
+        Ok(Settings {
+            config_file,
+            listen,
+            database,
+            trading_platform_url,
+            service_rate_limit,
+            webhook_max_body_bytes,
+            log_format,
+            secrets,
+        })
+    }
+
+    /// Where `secrets.env` lives: beside the database.
+    pub fn secrets_file(&self) -> PathBuf {
+        self.database.parent().unwrap_or(Path::new(".")).join(SECRETS_FILE)
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| err(format!("cannot read config file {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| {
+        let msg = e.message().to_string();
+        err(format!(
+            "{}: {msg} (see crm.toml.example for every key)",
+            path.display()
+        ))
+    })
+}
+
+fn check_secret(name: &str, value: &str) -> Result<(), ConfigError> {
+    if value.trim().len() < MIN_SECRET_LEN {
+        return Err(err(format!(
+            "{name} is too short: use at least {MIN_SECRET_LEN} characters; `crm secrets generate` prints good ones"
+        )));
+    }
+    Ok(())
+}
+
+/// Every secret the server needs, resolved.
+#[derive(Debug, Clone)]
+pub struct Secrets {
+    pub jwt: Secret,
+    pub jwt_previous: Option<Secret>,
+    pub webhook: Secret,
+    pub webhook_previous: Option<Secret>,
+    pub service_token: Secret,
+    pub service_token_previous: Option<Secret>,
+    pub sso: Secret,
+    pub origins: BTreeMap<String, SecretOrigin>,
+}
+
+/// Fills in the secrets that are not configured from `secrets.env` beside the database, and
+/// generates the ones missing there too, writing them to that file (mode 0600). Returns the
+/// names that were generated just now, so the caller can warn about them.
+pub fn resolve_secrets(settings: &Settings) -> anyhow::Result<(Secrets, Vec<&'static str>)> {
+    let path = settings.secrets_file();
+    let mut stored = read_secrets_file(&path)?;
+    let mut generated = Vec::new();
+    for name in SECRET_NAMES {
+        if !settings.secrets.contains_key(name) && !stored.contains_key(name) {
+            stored.insert(name.to_string(), random_secret_hex());
+            generated.push(name);
+        }
+    }
+    if !generated.is_empty() {
+        write_secrets_file(&path, &stored)?;
+    }
+    let mut origins = BTreeMap::new();
+    let mut pick = |name: &str| -> Option<Secret> {
+        if let Some((s, origin)) = settings.secrets.get(name) {
+            origins.insert(name.to_string(), *origin);
+            return Some(s.clone());
+        }
+        let value = stored.get(name)?;
+        let origin = if generated.contains(&name) {
+            SecretOrigin::Generated
+        } else {
+            SecretOrigin::SecretsFile
+        };
+        origins.insert(name.to_string(), origin);
+        Some(Secret::new(value.clone()))
+    };
+    let required = |s: Option<Secret>, name: &str| s.ok_or_else(|| anyhow::anyhow!("{name} is not configured"));
+    let secrets = Secrets {
+        jwt: required(pick("JWT_SECRET"), "JWT_SECRET")?,
+        jwt_previous: pick("JWT_SECRET_PREVIOUS"),
+        webhook: required(pick("WEBHOOK_SECRET"), "WEBHOOK_SECRET")?,
+        webhook_previous: pick("WEBHOOK_SECRET_PREVIOUS"),
+        service_token: required(pick("SERVICE_API_TOKEN"), "SERVICE_API_TOKEN")?,
+        service_token_previous: pick("SERVICE_API_TOKEN_PREVIOUS"),
+        sso: required(pick("SSO_SECRET"), "SSO_SECRET")?,
+        origins,
+    };
+    Ok((secrets, generated))
+}
+
+/// Reads `KEY=VALUE` lines; blank lines and `#` comments are skipped.
+pub fn read_secrets_file(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+    };
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .filter(|(_, v)| !v.is_empty())
+        .collect())
+}
+
+fn write_secrets_file(path: &Path, values: &BTreeMap<String, String>) -> anyhow::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut text = String::from(
+        "# Generated by crm on first run. Keep this file private (mode 0600) and back it up with the\n\
+         # database. Configure your own secrets in crm.toml or the environment to replace these.\n",
+    );
+    for (k, v) in values {
+        text.push_str(&format!("{k}={v}\n"));
+    }
+    let tmp = path.with_extension("env.tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(&tmp)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(flags: Overrides, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Settings::load_with(&flags, &|k| map.get(k).cloned())
+    }
+
+    fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crm.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn defaults_apply_without_any_configuration() {
+        let s = load(Overrides::default(), &[]).unwrap();
+        assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(s.database, PathBuf::from(DEFAULT_DATABASE));
+        assert_eq!(s.service_rate_limit, 100);
+        assert!(s.secrets.is_empty());
+    }
+
+    #[test]
+    fn flags_beat_environment_which_beats_the_file() {
+        let (_dir, path) = write_config(
+            "listen = \"127.0.0.1:1000\"\ndatabase = \"/file/crm.db\"\nservice_rate_limit = 5\n\
+             jwt_secret = \"from-the-config-file-0123\"\nsso_secret = \"sso-from-the-config-file\"\n",
+        );
+        let env = [
+            ("CRM_LISTEN", "127.0.0.1:2000"),
+            ("CRM_DATABASE", "/env/crm.db"),
+            ("JWT_SECRET", "from-the-environment-0123"),
+            ("CRM_SERVICE_RATE_LIMIT", "0"),
+        ];
+        let file_only = load(
+            Overrides {
+                config: Some(path.clone()),
+                ..Default::default()
+            },
+            &[],
+        )
+        .unwrap();
+        assert_eq!(file_only.listen.port(), 1000);
+        assert_eq!(file_only.service_rate_limit, 5);
+
+        let with_env = load(
+            Overrides {
+                config: Some(path.clone()),
+                ..Default::default()
+            },
+            &env,
+        )
+        .unwrap();
+        assert_eq!(with_env.listen.port(), 2000);
+        assert_eq!(with_env.database, PathBuf::from("/env/crm.db"));
+        assert_eq!(with_env.service_rate_limit, 0);
+        assert_eq!(with_env.secrets["JWT_SECRET"].0.expose(), "from-the-environment-0123");
+        assert_eq!(with_env.secrets["SSO_SECRET"].1, SecretOrigin::ConfigFile);
+
+        let flags = Overrides {
+            config: Some(path),
+            listen: Some("127.0.0.1:3000".into()),
+            database: Some("/flag/crm.db".into()),
+        };
+        let with_flags = load(flags, &env).unwrap();
+        assert_eq!(with_flags.listen.port(), 3000);
+        assert_eq!(with_flags.database, PathBuf::from("/flag/crm.db"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let (_dir, path) = write_config("lisen = \"127.0.0.1:1\"\n");
+        let e = load(
+            Overrides {
+                config: Some(path),
+                ..Default::default()
+            },
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("lisen"), "{e}");
+
+        let e = load(Overrides::default(), &[("CRM_LISTEN", "nonsense")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nonsense") && e.contains("IP:PORT"), "{e}");
+        let e = load(Overrides::default(), &[("CRM_SERVICE_RATE_LIMIT", "lots")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("CRM_SERVICE_RATE_LIMIT"), "{e}");
+        let e = load(Overrides::default(), &[("WEBHOOK_SECRET", "short")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("WEBHOOK_SECRET") && !e.contains("short\""), "{e}");
+        let e = load(Overrides::default(), &[("TRADING_PLATFORM_URL", "ftp://x")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("TRADING_PLATFORM_URL"), "{e}");
+    }
+
+    #[test]
+    fn the_example_file_documents_only_real_keys() {
+        let parsed: FileConfig = toml::from_str(include_str!("../crm.toml.example")).unwrap();
+        assert_eq!(parsed.listen.as_deref(), Some(DEFAULT_LISTEN));
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let s = load(Overrides::default(), &[("SSO_SECRET", "super-secret-value-123")]).unwrap();
+        assert!(!format!("{s:?}").contains("super-secret-value-123"));
+    }
+
+    #[test]
+    fn missing_secrets_are_generated_once_into_a_private_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("crm.db");
+        let flags = Overrides {
+            database: Some(db),
+            ..Default::default()
+        };
+        let s = load(flags.clone(), &[("SSO_SECRET", "configured-sso-secret-0")]).unwrap();
+        let (first, generated) = resolve_secrets(&s).unwrap();
+        assert_eq!(generated, ["JWT_SECRET", "WEBHOOK_SECRET", "SERVICE_API_TOKEN"]);
+        assert_eq!(first.sso.expose(), "configured-sso-secret-0");
+        assert_eq!(first.jwt.expose().len(), 64);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(s.secrets_file()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let (second, generated) = resolve_secrets(&s).unwrap();
+        assert!(generated.is_empty());
+        assert_eq!(second.jwt, first.jwt);
+        assert_eq!(second.origins["JWT_SECRET"], SecretOrigin::SecretsFile);
+    }
+}

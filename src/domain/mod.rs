@@ -1,0 +1,26 @@
+//! Parsed types that cannot hold bad values. Plain Rust: no I/O, no HTTP, no SQL.
+//!
+//! Requests are turned into these at the edge; everything below the HTTP layer accepts only them.
+
+mod email;
+mod enums;
+mod ids;
+mod leverage;
+mod money;
+
+pub use email::Email;
+pub use enums::{FundType, KycStatus, Role};
+pub use ids::{AccountId, ClientId, StaffId};
+pub use leverage::Leverage;
+pub use money::Money;
+
+/// Why a value was refused; the message is meant for the person who sent it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl Invalid {
+    pub fn new(msg: impl Into<String>) -> Self {
+        Invalid(msg.into())
+    }
+}

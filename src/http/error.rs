@@ -1,0 +1,189 @@
+//! The one error type of the HTTP layer, and the recover handler that turns every rejection
+//! into `{"error": "..."}` with a fitting status.
+
+use std::convert::Infallible;
+
+use serde_json::json;
+use warp::http::{header, StatusCode};
+use warp::reply::{Reply, Response};
+use warp::Rejection;
+
+use crate::domain::{Invalid, Money};
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("the request body was not received in time")]
+    Timeout,
+    #[error("too many requests")]
+    TooManyRequests { message: String, retry_after_secs: u64 },
+    /// The guide's insufficient-funds body: the amounts are JSON numbers there.
+    #[error("{message}")]
+    InsufficientFunds {
+        message: String,
+        required: Money,
+        available: Money,
+    },
+    #[error("the service is temporarily unavailable")]
+    Unavailable,
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl warp::reject::Reject for ApiError {}
+
+impl From<Invalid> for ApiError {
+    fn from(e: Invalid) -> Self {
+        ApiError::BadRequest(e.0)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(m) => ApiError::NotFound(m),
+            StoreError::Conflict(m) => ApiError::Conflict(m),
+            StoreError::Invalid(m) => ApiError::BadRequest(m),
+            StoreError::InsufficientFunds {
+                fund,
+                required,
+                available,
+            } => ApiError::InsufficientFunds {
+                message: format!("Insufficient {fund} funds"),
+                required,
+                available,
+            },
+            StoreError::Unavailable => ApiError::Unavailable,
+            StoreError::Sqlite(e) => ApiError::Internal(e.into()),
+            StoreError::Other(e) => ApiError::Internal(e),
+        }
+    }
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) | ApiError::InsufficientFunds { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The message a client sees. Internal errors are logged with their cause chain and
+    /// reported as a generic message only.
+    pub fn public_message(&self) -> String {
+        match self {
+            ApiError::Internal(_) => "Internal server error".into(),
+            ApiError::TooManyRequests { message, .. } => message.clone(),
+            ApiError::Unavailable => "The database is busy; nothing was changed, please retry".into(),
+            other => other.to_string(),
+        }
+    }
+
+    pub fn body(&self) -> serde_json::Value {
+        match self {
+            ApiError::InsufficientFunds {
+                message,
+                required,
+                available,
+            } => json!({
+                "error": message,
+                "required": required.to_json_number(),
+                "available": available.to_json_number(),
+            }),
+            other => json!({ "error": other.public_message() }),
+        }
+    }
+}
+
+impl Reply for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(e) = &self {
+            tracing::error!(error = format!("{e:#}"), "request failed");
+        }
+        let status = self.status();
+        let mut resp = warp::reply::with_status(warp::reply::json(&self.body()), status).into_response();
+        match &self {
+            ApiError::TooManyRequests { retry_after_secs, .. } => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, (*retry_after_secs).into());
+            }
+            ApiError::Unavailable => {
+                resp.headers_mut().insert(header::RETRY_AFTER, 1.into());
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+/// Renders a handler's result: success as it is, errors as JSON.
+pub fn respond<T: Reply>(result: Result<T, ApiError>) -> Response {
+    match result {
+        Ok(reply) => reply.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Every rejection warp produces ends here, so no response is ever plain text.
+pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+    use warp::reject::*;
+    let error = if let Some(e) = rejection.find::<ApiError>() {
+        // ApiError is not Clone (it may hold an anyhow chain); rebuild the parts that matter.
+        return Ok(api_error_response(e));
+    } else if rejection.is_not_found() {
+        ApiError::NotFound("Not found".into())
+    } else if rejection.find::<MethodNotAllowed>().is_some() {
+        return Ok(status_json(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"));
+    } else if rejection.find::<PayloadTooLarge>().is_some() {
+        ApiError::PayloadTooLarge("Request body too large".into())
+    } else if rejection.find::<UnsupportedMediaType>().is_some() {
+        ApiError::UnsupportedMediaType("Content-Type must be application/json".into())
+    } else if let Some(e) = rejection.find::<InvalidQuery>() {
+        ApiError::BadRequest(format!("invalid query string: {e}"))
+    } else if let Some(e) = rejection.find::<MissingHeader>() {
+        ApiError::BadRequest(format!("missing header {}", e.name()))
+    } else if let Some(e) = rejection.find::<InvalidHeader>() {
+        ApiError::BadRequest(format!("invalid header {}", e.name()))
+    } else if rejection.find::<LengthRequired>().is_some() {
+        return Ok(status_json(StatusCode::LENGTH_REQUIRED, "Content-Length required"));
+    } else {
+        ApiError::BadRequest("Bad request".into())
+    };
+    Ok(error.into_response())
+}
+
+fn api_error_response(e: &ApiError) -> Response {
+    let mut resp = warp::reply::with_status(warp::reply::json(&e.body()), e.status()).into_response();
+    if let ApiError::TooManyRequests { retry_after_secs, .. } = e {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, (*retry_after_secs).into());
+    }
+    resp
+}
+
+fn status_json(status: StatusCode, message: &str) -> Response {
+    warp::reply::with_status(warp::reply::json(&json!({ "error": message })), status).into_response()
+}

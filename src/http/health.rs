@@ -1,0 +1,23 @@
+//! `GET /healthz`: 200 when the database answers, 503 otherwise.
+
+use serde_json::json;
+use warp::Filter;
+
+use super::error::{respond, ApiError};
+use super::{with_state, AppState};
+
+pub fn routes(state: AppState) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    warp::path!("healthz")
+        .and(warp::get())
+        .and(with_state(state))
+        .then(|state: AppState| async move { respond(check(state).await) })
+}
+
+async fn check(state: AppState) -> Result<impl warp::Reply, ApiError> {
+    state
+        .db
+        .read(|conn| Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+        .await
+        .map_err(|_| ApiError::Unavailable)?;
+    Ok(warp::reply::json(&json!({ "status": "ok" })))
+}

@@ -1,0 +1,94 @@
+//! The HTTP surface: warp filters and handlers, one file per surface.
+
+pub mod body;
+pub mod error;
+mod health;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use warp::http::header::{HeaderMap, HeaderValue};
+use warp::Filter;
+
+use crate::config::{Secrets, Settings};
+use crate::store::Db;
+
+/// Everything a handler may need, cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub settings: Arc<Settings>,
+    pub secrets: Arc<Secrets>,
+}
+
+impl AppState {
+    pub fn new(db: Db, settings: Settings, secrets: Secrets) -> AppState {
+        AppState {
+            db,
+            settings: Arc::new(settings),
+            secrets: Arc::new(secrets),
+        }
+    }
+}
+
+/// Hands a clone of the state to a handler.
+pub fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error = std::convert::Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+/// The caller's address as recorded in the audit log.
+pub fn client_ip() -> impl Filter<Extract = (String,), Error = std::convert::Infallible> + Clone {
+    warp::addr::remote().map(|addr: Option<SocketAddr>| addr.map(|a| a.ip().to_string()).unwrap_or_default())
+}
+
+/// Headers every response carries. The admin page loads only its own files, so the policy
+/// allows nothing else: no inline script, no framing.
+fn security_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    let mut set = |k: &'static str, v: &'static str| {
+        h.insert(k, HeaderValue::from_static(v));
+    };
+    set(
+        "content-security-policy",
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; \
+         object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'",
+    );
+    set("x-content-type-options", "nosniff");
+    set("x-frame-options", "DENY");
+    set("referrer-policy", "no-referrer");
+    set("cache-control", "no-store");
+    h
+}
+
+/// Every route of the CRM, with JSON errors, security headers and request logging.
+pub fn routes(state: AppState) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone {
+    let log = warp::log::custom(|info| {
+        tracing::info!(
+            target: "crm::http",
+            method = %info.method(),
+            path = info.path(),
+            status = info.status().as_u16(),
+            micros = info.elapsed().as_micros() as u64,
+            "request"
+        );
+    });
+    health::routes(state)
+        .recover(error::recover)
+        .unify()
+        .with(warp::reply::with::headers(security_headers()))
+        .with(log)
+}
+
+/// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish.
+pub async fn serve(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    warp::serve(routes(state))
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+}

@@ -1,0 +1,4 @@
+//! Operator tasks that work on the database file as a whole.
+
+pub mod backup;
+pub mod verify;

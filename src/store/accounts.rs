@@ -1,0 +1,310 @@
+//! Accounts, their three fund balances, and the ledger that explains every balance.
+//!
+//! [`apply_balance_change`] is the only code that changes a balance.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::Serialize;
+
+use super::audit::{self, Audit};
+use super::{now, StoreError, StoreResult};
+use crate::domain::{AccountId, FundType, Leverage, Money};
+
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub id: String,
+    pub client_id: String,
+    pub parent_id: Option<String>,
+    pub real: Money,
+    pub demo: Money,
+    pub bonus: Money,
+    pub leverage: u16,
+    pub currency: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Account {
+    fn from_row(r: &Row) -> rusqlite::Result<Account> {
+        let money = |col: &str| -> rusqlite::Result<Money> {
+            let atoms: i64 = r.get(col)?;
+            Money::from_atoms(atoms).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+        };
+        Ok(Account {
+            id: r.get("id")?,
+            client_id: r.get("client_id")?,
+            parent_id: r.get("parent_id")?,
+            real: money("real_balance")?,
+            demo: money("demo_balance")?,
+            bonus: money("bonus_balance")?,
+            leverage: r.get("leverage")?,
+            currency: r.get("currency")?,
+            created_at: r.get("created_at")?,
+            updated_at: r.get("updated_at")?,
+        })
+    }
+
+    pub fn fund(&self, fund: FundType) -> Money {
+        match fund {
+            FundType::Real => self.real,
+            FundType::Demo => self.demo,
+            FundType::Bonus => self.bonus,
+        }
+    }
+
+    /// The guide's `balance = realBalance + demoBalance + bonusBalance`.
+    /// [`apply_balance_change`] refuses any change after which this sum would leave the range.
+    pub fn balance(&self) -> Money {
+        Money::sum([self.real, self.demo, self.bonus]).unwrap_or(Money::ZERO)
+    }
+}
+
+fn fund_column(fund: FundType) -> &'static str {
+    match fund {
+        FundType::Real => "real_balance",
+        FundType::Demo => "demo_balance",
+        FundType::Bonus => "bonus_balance",
+    }
+}
+
+pub fn insert(
+    conn: &Connection,
+    client_id: &str,
+    parent_id: Option<&str>,
+    currency: &str,
+    leverage: Leverage,
+) -> StoreResult<Account> {
+    let id = AccountId::new().to_string();
+    let at = now();
+    conn.execute(
+        "INSERT INTO accounts (id, client_id, parent_id, leverage, currency, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+        params![id, client_id, parent_id, leverage.get(), currency, at],
+    )?;
+    get(conn, &id)
+}
+
+pub fn get(conn: &Connection, id: &str) -> StoreResult<Account> {
+    conn.query_row("SELECT * FROM accounts WHERE id = ?1", [id], Account::from_row)
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound("Account not found".into()))
+}
+
+pub fn primary_for_client(conn: &Connection, client_id: &str) -> StoreResult<Account> {
+    conn.query_row(
+        "SELECT * FROM accounts WHERE client_id = ?1 AND parent_id IS NULL",
+        [client_id],
+        Account::from_row,
+    )
+    .optional()?
+    .ok_or_else(|| StoreError::NotFound("The client has no primary account".into()))
+}
+
+/// The client's subaccounts, oldest first.
+pub fn subaccounts_for_client(conn: &Connection, client_id: &str) -> StoreResult<Vec<Account>> {
+    let mut stmt =
+        conn.prepare("SELECT * FROM accounts WHERE client_id = ?1 AND parent_id IS NOT NULL ORDER BY created_at, id")?;
+    let rows = stmt.query_map([client_id], Account::from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn set_leverage(conn: &Connection, id: &str, leverage: Leverage) -> StoreResult<Account> {
+    let changed = conn.execute(
+        "UPDATE accounts SET leverage = ?2, updated_at = ?3 WHERE id = ?1",
+        params![id, leverage.get(), now()],
+    )?;
+    if changed == 0 {
+        return Err(StoreError::NotFound("Account not found".into()));
+    }
+    get(conn, id)
+}
+
+pub fn set_currency(conn: &Connection, id: &str, currency: &str) -> StoreResult<Account> {
+    conn.execute(
+        "UPDATE accounts SET currency = ?2, updated_at = ?3 WHERE id = ?1",
+        params![id, currency, now()],
+    )?;
+    get(conn, id)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Deposit,
+    Withdrawal,
+    Adjustment,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Deposit => "deposit",
+            Reason::Withdrawal => "withdrawal",
+            Reason::Adjustment => "adjustment",
+        }
+    }
+}
+
+/// One requested movement of money on one fund of one account.
+#[derive(Debug, Clone)]
+pub struct BalanceChange {
+    pub account_id: String,
+    pub fund: FundType,
+    /// Positive credits, negative debits.
+    pub amount: Money,
+    pub reason: Reason,
+    pub notes: String,
+    pub actor: String,
+    pub external_ref: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LedgerEntry {
+    pub id: String,
+    pub account_id: String,
+    pub fund_type: String,
+    pub amount: Money,
+    pub balance_after: Money,
+    pub reason: String,
+    pub notes: String,
+    pub actor: String,
+    pub external_ref: Option<String>,
+    pub created_at: String,
+}
+
+impl LedgerEntry {
+    fn from_row(r: &Row) -> rusqlite::Result<LedgerEntry> {
+        let money = |col: &str| -> rusqlite::Result<Money> {
+            let atoms: i64 = r.get(col)?;
+            Money::from_atoms(atoms).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+        };
+        Ok(LedgerEntry {
+            id: r.get("id")?,
+            account_id: r.get("account_id")?,
+            fund_type: r.get("fund_type")?,
+            amount: money("amount")?,
+            balance_after: money("balance_after")?,
+            reason: r.get("reason")?,
+            notes: r.get("notes")?,
+            actor: r.get("actor")?,
+            external_ref: r.get("external_ref")?,
+            created_at: r.get("created_at")?,
+        })
+    }
+}
+
+/// Moves money: checks the fund, writes the ledger entry with the balance after it, updates the
+/// account and appends `audit` (with the amounts added to its details), all on `conn`, which must
+/// be inside the caller's `BEGIN IMMEDIATE` transaction. A debit beyond the fund is refused with
+/// [`StoreError::InsufficientFunds`] and writes nothing.
+pub fn apply_balance_change(
+    conn: &Connection,
+    change: &BalanceChange,
+    audit: Audit,
+) -> StoreResult<(Account, LedgerEntry)> {
+    if change.amount.is_zero() {
+        return Err(StoreError::Invalid("amount must not be zero".into()));
+    }
+    let account = get(conn, &change.account_id)?;
+    let before = account.fund(change.fund);
+    let after = before
+        .checked_add(change.amount)
+        .ok_or_else(|| StoreError::Invalid("the resulting balance would be out of the supported range".into()))?;
+    if after.is_negative() {
+        return Err(StoreError::InsufficientFunds {
+            fund: change.fund,
+            required: change.amount.abs(),
+            available: before,
+        });
+    }
+    if Money::sum([account.real, account.demo, account.bonus, change.amount]).is_none() {
+        return Err(StoreError::Invalid(
+            "the resulting balance would be out of the supported range".into(),
+        ));
+    }
+    let entry_id = uuid::Uuid::new_v4().to_string();
+    let at = now();
+    conn.execute(
+        "INSERT INTO ledger_entries (id, account_id, fund_type, amount, balance_after, reason, notes, actor, external_ref, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            entry_id,
+            account.id,
+            change.fund.as_str(),
+            change.amount.atoms(),
+            after.atoms(),
+            change.reason.as_str(),
+            change.notes,
+            change.actor,
+            change.external_ref,
+            at
+        ],
+    )?;
+    conn.execute(
+        &format!(
+            "UPDATE accounts SET {} = ?2, updated_at = ?3 WHERE id = ?1",
+            fund_column(change.fund)
+        ),
+        params![account.id, after.atoms(), at],
+    )?;
+    audit::append(
+        conn,
+        &audit
+            .detail("accountId", account.id.clone())
+            .detail("fundType", change.fund.as_str())
+            .detail("amount", change.amount.to_string())
+            .detail("balanceBefore", before.to_string())
+            .detail("balanceAfter", after.to_string())
+            .detail("ledgerEntryId", entry_id.clone()),
+    )?;
+    let entry = conn.query_row(
+        "SELECT * FROM ledger_entries WHERE id = ?1",
+        [&entry_id],
+        LedgerEntry::from_row,
+    )?;
+    Ok((get(conn, &account.id)?, entry))
+}
+
+/// An account's ledger, newest first, paged by `before` (an entry id).
+pub fn ledger(conn: &Connection, account_id: &str, before: Option<&str>, limit: u32) -> StoreResult<Vec<LedgerEntry>> {
+    let mut stmt = conn.prepare(
+        "SELECT * FROM ledger_entries WHERE account_id = ?1
+           AND (?2 IS NULL OR seq < (SELECT seq FROM ledger_entries WHERE id = ?2))
+         ORDER BY seq DESC LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![account_id, before, limit.clamp(1, 500)], LedgerEntry::from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Every ledger entry of a client's accounts, newest first (for the activity timeline).
+pub fn ledger_for_client(conn: &Connection, client_id: &str, limit: u32) -> StoreResult<Vec<LedgerEntry>> {
+    let mut stmt = conn.prepare(
+        "SELECT l.* FROM ledger_entries l JOIN accounts a ON a.id = l.account_id
+         WHERE a.client_id = ?1 ORDER BY l.seq DESC LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![client_id, limit], LedgerEntry::from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Accounts whose stored balance differs from the sum of their ledger entries, per fund.
+pub fn ledger_mismatches(conn: &Connection) -> StoreResult<Vec<String>> {
+    let mut out = Vec::new();
+    for fund in FundType::ALL {
+        let sql = format!(
+            "SELECT a.id, a.{col}, COALESCE((SELECT SUM(amount) FROM ledger_entries l
+                                         WHERE l.account_id = a.id AND l.fund_type = ?1), 0)
+             FROM accounts a",
+            col = fund_column(*fund)
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let mut rows = stmt.query([fund.as_str()])?;
+        while let Some(r) = rows.next()? {
+            let (id, stored, summed): (String, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            if stored != summed {
+                out.push(format!(
+                    "account {id}: {fund} balance {stored} but ledger sums to {summed} (hundred-millionths)"
+                ));
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,175 @@
+//! SQLite: the pool, per-connection pragmas, migrations, and one module per aggregate.
+//!
+//! Store functions are plain synchronous functions over `&Connection`; the async side reaches
+//! them only through [`Db::read`] and [`Db::write`], which run them on tokio's blocking pool.
+
+pub mod accounts;
+pub mod audit;
+pub mod clients;
+pub mod notes;
+pub mod staff;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
+
+use crate::domain::{FundType, Invalid, Money};
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// What a store function can fail with. The HTTP layer maps each to one status code.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("insufficient {fund} funds")]
+    InsufficientFunds {
+        fund: FundType,
+        required: Money,
+        available: Money,
+    },
+    /// The database is locked or full: nothing was written, the caller may retry.
+    #[error("the database is busy or full")]
+    Unavailable,
+    #[error(transparent)]
+    Sqlite(rusqlite::Error),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::DiskFull) => StoreError::Unavailable,
+            _ => StoreError::Sqlite(e),
+        }
+    }
+}
+
+impl From<Invalid> for StoreError {
+    fn from(e: Invalid) -> Self {
+        StoreError::Invalid(e.0)
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Turns a UNIQUE violation into a 409-style conflict with the given message.
+pub fn unique_conflict(e: rusqlite::Error, message: &str) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::ConstraintViolation) if e.to_string().contains("UNIQUE") => {
+            StoreError::Conflict(message.to_string())
+        }
+        _ => e.into(),
+    }
+}
+
+/// The current time as stored everywhere: RFC 3339, UTC, milliseconds.
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The database: a pool of readers and one writer connection.
+///
+/// SQLite allows one writer at a time anyway; holding the writer behind a mutex makes writers
+/// queue in-process instead of spinning on SQLITE_BUSY, and every write runs `BEGIN IMMEDIATE`
+/// so a read-modify-write of a balance can never interleave with another.
+#[derive(Clone)]
+pub struct Db {
+    readers: r2d2::Pool<SqliteConnectionManager>,
+    writer: Arc<Mutex<Connection>>,
+    path: Arc<PathBuf>,
+}
+
+/// Applied to every connection: enforced foreign keys, waiting on locks held by another process
+/// (a backup, the CLI) instead of failing, and a full sync on commit so an acknowledged write
+/// survives power loss.
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    pub fn open(path: &Path) -> anyhow::Result<Db> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the database folder {}", dir.display()))?;
+        }
+        let mut writer =
+            Connection::open(path).with_context(|| format!("cannot open the database {}", path.display()))?;
+        configure(&writer)?;
+        writer.pragma_update(None, "journal_mode", "WAL")?;
+        embedded::migrations::runner()
+            .run(&mut writer)
+            .context("applying database migrations failed")?;
+        let manager = SqliteConnectionManager::file(path).with_init(|c| configure(c));
+        let readers = r2d2::Pool::builder()
+            .max_size(8)
+            .connection_timeout(Duration::from_secs(10))
+            .build(manager)
+            .context("cannot open database connections")?;
+        Ok(Db {
+            readers,
+            writer: Arc::new(Mutex::new(writer)),
+            path: Arc::new(path.to_path_buf()),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs a read on a pooled connection, off the async runtime.
+    pub async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let db = self.clone();
+        run_blocking(move || db.read_sync(f)).await
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction, off the async runtime. Commits when `f`
+    /// returns `Ok` (and only then returns), rolls back otherwise.
+    pub async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction) -> StoreResult<T> + Send + 'static,
+    {
+        let db = self.clone();
+        run_blocking(move || db.write_sync(f)).await
+    }
+
+    pub fn read_sync<T>(&self, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
+        let conn = self.readers.get().map_err(|e| StoreError::Other(e.into()))?;
+        f(&conn)
+    }
+
+    pub fn write_sync<T>(&self, f: impl FnOnce(&Transaction) -> StoreResult<T>) -> StoreResult<T> {
+        // A panic while holding the lock poisons it; the connection itself is still sound
+        // because the unfinished transaction is rolled back when it is dropped.
+        let mut conn = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+}
+
+/// Every database call from async code goes through here, so no handler blocks the runtime.
+pub async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> StoreResult<T> + Send + 'static) -> StoreResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Other(anyhow::anyhow!("database task failed: {e}")))?
+}

@@ -1,0 +1,115 @@
+//! Broker staff who log in to the admin page.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::Serialize;
+
+use super::{now, unique_conflict, StoreError, StoreResult};
+use crate::domain::{Email, Role, StaffId};
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StaffUser {
+    pub id: String,
+    pub email: String,
+    pub name: String,
+    pub role: Role,
+    pub disabled: bool,
+    #[serde(skip)]
+    pub password_hash: String,
+    pub password_changed_at: String,
+    pub created_at: String,
+}
+
+impl StaffUser {
+    fn from_row(r: &Row) -> rusqlite::Result<StaffUser> {
+        let role: String = r.get("role")?;
+        Ok(StaffUser {
+            id: r.get("id")?,
+            email: r.get("email")?,
+            name: r.get("name")?,
+            role: role
+                .parse()
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+            disabled: r.get("disabled")?,
+            password_hash: r.get("password_hash")?,
+            password_changed_at: r.get("password_changed_at")?,
+            created_at: r.get("created_at")?,
+        })
+    }
+}
+
+pub fn insert(conn: &Connection, email: &Email, name: &str, role: Role, password_hash: &str) -> StoreResult<StaffUser> {
+    let id = StaffId::new().to_string();
+    let at = now();
+    conn.execute(
+        "INSERT INTO staff_users (id, email, name, role, password_hash, password_changed_at, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?6)",
+        params![id, email.as_str(), name, role.as_str(), password_hash, at],
+    )
+    .map_err(|e| unique_conflict(e, "a staff user with this email already exists"))?;
+    get(conn, &id)
+}
+
+pub fn get(conn: &Connection, id: &str) -> StoreResult<StaffUser> {
+    conn.query_row("SELECT * FROM staff_users WHERE id = ?1", [id], StaffUser::from_row)
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound("Staff user not found".into()))
+}
+
+pub fn find_by_email(conn: &Connection, email: &Email) -> StoreResult<Option<StaffUser>> {
+    Ok(conn
+        .query_row(
+            "SELECT * FROM staff_users WHERE email = ?1",
+            [email.as_str()],
+            StaffUser::from_row,
+        )
+        .optional()?)
+}
+
+pub fn by_email(conn: &Connection, email: &Email) -> StoreResult<StaffUser> {
+    find_by_email(conn, email)?.ok_or_else(|| StoreError::NotFound(format!("No staff user with email {email}")))
+}
+
+pub fn list(conn: &Connection) -> StoreResult<Vec<StaffUser>> {
+    let mut stmt = conn.prepare("SELECT * FROM staff_users ORDER BY email")?;
+    let rows = stmt.query_map([], StaffUser::from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn count(conn: &Connection) -> StoreResult<i64> {
+    Ok(conn.query_row("SELECT COUNT(*) FROM staff_users", [], |r| r.get(0))?)
+}
+
+pub fn set_disabled(conn: &Connection, id: &str, disabled: bool) -> StoreResult<StaffUser> {
+    conn.execute(
+        "UPDATE staff_users SET disabled = ?2, updated_at = ?3 WHERE id = ?1",
+        params![id, disabled, now()],
+    )?;
+    get(conn, id)
+}
+
+pub fn set_role(conn: &Connection, id: &str, role: Role) -> StoreResult<StaffUser> {
+    conn.execute(
+        "UPDATE staff_users SET role = ?2, updated_at = ?3 WHERE id = ?1",
+        params![id, role.as_str(), now()],
+    )?;
+    get(conn, id)
+}
+
+pub fn set_password_hash(conn: &Connection, id: &str, hash: &str) -> StoreResult<StaffUser> {
+    let at = now();
+    conn.execute(
+        "UPDATE staff_users SET password_hash = ?2, password_changed_at = ?3, updated_at = ?3 WHERE id = ?1",
+        params![id, hash, at],
+    )?;
+    get(conn, id)
+}
+
+/// Active admins; the last one cannot be disabled or demoted.
+pub fn active_admin_count(conn: &Connection) -> StoreResult<i64> {
+    Ok(conn.query_row(
+        "SELECT COUNT(*) FROM staff_users WHERE role = 'admin' AND disabled = 0",
+        [],
+        |r| r.get(0),
+    )?)
+}

@@ -1,0 +1,275 @@
+//! The binary itself: first run, restarts, migrations, the CLI and the HTTP skeleton.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+#[tokio::test]
+async fn healthz_answers_with_no_configuration_at_all() {
+    // No secrets, no config file: only a database folder chosen by the test.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = crm_command(dir.path());
+    cmd.env_remove("CRM_DATABASE")
+        .args(["serve", "--listen", "127.0.0.1:0"]);
+    let (mut child, lines) = start(cmd);
+    let mut printed = Vec::new();
+    let base = loop {
+        let line = lines.recv_timeout(std::time::Duration::from_secs(30)).unwrap();
+        printed.push(line.clone());
+        if let Some(addr) = line.strip_prefix("listening on ") {
+            break addr.to_string();
+        }
+    };
+    let resp = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let data = dir.path().join("data");
+    assert!(data.join("crm.db").exists(), "default database ./data/crm.db");
+    let secrets = std::fs::read_to_string(data.join("secrets.env")).unwrap();
+    for name in ["JWT_SECRET=", "WEBHOOK_SECRET=", "SERVICE_API_TOKEN=", "SSO_SECRET="] {
+        assert!(secrets.contains(name), "{name} missing from secrets.env");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(data.join("secrets.env"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let all = printed.join("\n");
+    assert!(all.contains("admin@crm.local") && all.contains("password: "), "{all}");
+}
+
+#[tokio::test]
+async fn a_second_start_reuses_secrets_and_admin_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = spawn_with(Spawn {
+        dir: Some(dir),
+        ..Default::default()
+    });
+    assert!(!first.admin_password.is_empty());
+    let secrets = first.secrets.clone();
+    let dir = first.stop();
+    let second = spawn_with(Spawn {
+        dir: Some(dir),
+        secrets: Some(secrets),
+        ..Default::default()
+    });
+    assert!(second.admin_password.is_empty(), "no second admin password is printed");
+    let staff: i64 = second
+        .sqlite()
+        .query_row("SELECT COUNT(*) FROM staff_users", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(staff, 1);
+}
+
+#[tokio::test]
+async fn generated_secrets_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |dir: &std::path::Path| {
+        let mut cmd = crm_command(dir);
+        cmd.args(["serve", "--listen", "127.0.0.1:0"]);
+        let (mut child, lines) = start(cmd);
+        while !lines
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap()
+            .starts_with("listening on ")
+        {}
+        child.kill().unwrap();
+        child.wait().unwrap();
+        std::fs::read_to_string(dir.join("secrets.env")).unwrap()
+    };
+    assert_eq!(run(dir.path()), run(dir.path()));
+}
+
+#[test]
+fn migrations_can_be_applied_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..2 {
+        let out = crm_command(dir.path()).arg("migrate").output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("up to date"));
+    }
+    let conn = rusqlite::Connection::open(dir.path().join("crm.db")).unwrap();
+    let applied: i64 = conn
+        .query_row("SELECT COUNT(*) FROM refinery_schema_history", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(applied, 1);
+    let journal: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(journal, "wal");
+}
+
+#[test]
+fn the_schema_itself_refuses_bad_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(crm_command(dir.path()).arg("migrate").status().unwrap().success());
+    let conn = rusqlite::Connection::open(dir.path().join("crm.db")).unwrap();
+    conn.execute_batch("PRAGMA foreign_keys = ON").unwrap();
+    let now = "2025-01-01T00:00:00.000Z";
+    conn.execute(
+        "INSERT INTO clients (id, email, created_at, updated_at) VALUES ('c1', 'a@example.com', ?1, ?1)",
+        [now],
+    )
+    .unwrap();
+    let bad = [
+        ("INSERT INTO clients (id, email, created_at, updated_at) VALUES ('c2', 'A@example.com', 'x', 'x')", "upper-case email"),
+        ("INSERT INTO clients (id, email, created_at, updated_at) VALUES ('c3', 'a@example.com', 'x', 'x')", "duplicate email"),
+        ("INSERT INTO clients (id, email, kyc_status, created_at, updated_at) VALUES ('c4', 'b@example.com', 'maybe', 'x', 'x')", "unknown KYC status"),
+        ("INSERT INTO accounts (id, client_id, leverage, created_at, updated_at) VALUES ('a1', 'c1', 501, 'x', 'x')", "leverage above 500"),
+        ("INSERT INTO accounts (id, client_id, leverage, created_at, updated_at) VALUES ('a2', 'c1', 0, 'x', 'x')", "leverage below 1"),
+        ("INSERT INTO accounts (id, client_id, real_balance, created_at, updated_at) VALUES ('a3', 'c1', -1, 'x', 'x')", "negative real balance"),
+        ("INSERT INTO accounts (id, client_id, created_at, updated_at) VALUES ('a4', 'nobody', 'x', 'x')", "foreign key"),
+    ];
+    for (sql, why) in bad {
+        assert!(conn.execute(sql, []).is_err(), "the schema must refuse: {why}");
+    }
+    conn.execute(
+        "INSERT INTO accounts (id, client_id, created_at, updated_at) VALUES ('a5', 'c1', 'x', 'x')",
+        [],
+    )
+    .unwrap();
+    assert!(
+        conn.execute(
+            "INSERT INTO accounts (id, client_id, created_at, updated_at) VALUES ('a6', 'c1', 'x', 'x')",
+            []
+        )
+        .is_err(),
+        "a second primary account"
+    );
+    assert!(
+        conn.execute("INSERT INTO ledger_entries (id, account_id, fund_type, amount, balance_after, reason, actor, created_at) VALUES ('l1', 'a5', 'gold', 1, 1, 'deposit', 'x', 'x')", []).is_err(),
+        "unknown fund type"
+    );
+}
+
+#[tokio::test]
+async fn unknown_routes_and_wrong_methods_answer_json() {
+    let app = spawn_app();
+    let (status, body) = app.get("/no/such/route").await;
+    assert_eq!((status, body["error"].as_str().unwrap()), (404, "Not found"));
+    let resp = app.http.delete(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["error"].is_string());
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_server_cleanly() {
+    let mut app = spawn_app();
+    assert_eq!(app.get("/healthz").await.0, 200);
+    let status = app.terminate();
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn secrets_generate_prints_four_fresh_hex_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = || {
+        String::from_utf8(
+            crm_command(dir.path())
+                .args(["secrets", "generate"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+    };
+    let (a, b) = (run(), run());
+    assert_ne!(a, b);
+    let names: Vec<&str> = a.lines().map(|l| l.split_once('=').unwrap().0).collect();
+    assert_eq!(
+        names,
+        ["JWT_SECRET", "WEBHOOK_SECRET", "SERVICE_API_TOKEN", "SSO_SECRET"]
+    );
+    for line in a.lines() {
+        let value = line.split_once('=').unwrap().1;
+        assert_eq!(value.len(), 64);
+        assert!(value.bytes().all(|c| c.is_ascii_hexdigit()));
+    }
+}
+
+#[test]
+fn staff_users_can_be_added_listed_disabled_and_reset_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let crm = |args: &[&str]| crm_command(dir.path()).args(args).output().unwrap();
+    let out = crm(&[
+        "user",
+        "add",
+        "--email",
+        "Ann@Broker.example",
+        "--name",
+        "Ann",
+        "--role",
+        "manager",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("password (shown once): "), "{stdout}");
+
+    let dup = crm(&[
+        "user",
+        "add",
+        "--email",
+        "ann@broker.example",
+        "--name",
+        "Ann",
+        "--role",
+        "agent",
+    ]);
+    assert!(!dup.status.success(), "emails are unique case-insensitively");
+    let bad_role = crm(&[
+        "user",
+        "add",
+        "--email",
+        "x@broker.example",
+        "--name",
+        "X",
+        "--role",
+        "root",
+    ]);
+    assert!(!bad_role.status.success());
+
+    let list = String::from_utf8(crm(&["user", "list"]).stdout).unwrap();
+    assert!(
+        list.contains("ann@broker.example") && list.contains("manager") && list.contains("active"),
+        "{list}"
+    );
+    assert!(crm(&["user", "disable", "--email", "ANN@broker.example"])
+        .status
+        .success());
+    let list = String::from_utf8(crm(&["user", "list"]).stdout).unwrap();
+    assert!(list.contains("disabled"), "{list}");
+    let reset = crm(&["user", "reset-password", "--email", "ann@broker.example"]);
+    assert!(String::from_utf8_lossy(&reset.stdout).contains("password (shown once): "));
+    assert!(!crm(&["user", "disable", "--email", "nobody@broker.example"])
+        .status
+        .success());
+}
+
+#[test]
+fn bad_configuration_stops_start_up_with_one_line_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("crm.toml"),
+        "listen = \"127.0.0.1:0\"\nwebhook_secrte = \"x\"\n",
+    )
+    .unwrap();
+    let out = crm_command(dir.path()).arg("serve").output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("webhook_secrte"), "{stderr}");
+}
+
+#[test]
+fn help_explains_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = String::from_utf8(crm_command(dir.path()).arg("--help").output().unwrap().stdout).unwrap();
+    for cmd in ["serve", "migrate", "user", "secrets", "backup", "verify"] {
+        assert!(out.contains(cmd), "--help lists {cmd}: {out}");
+    }
+}
