@@ -1,5 +1,6 @@
 //! The HTTP surface: warp filters and handlers, one file per surface.
 
+pub mod auth;
 pub mod body;
 pub mod error;
 mod health;

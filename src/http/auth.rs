@@ -1,0 +1,99 @@
+//! Staff authentication for every staff route: a bearer JWT (see `security::tokens`) whose user
+//! still exists, is not disabled, and has not changed password since the token was issued.
+
+use warp::Filter;
+
+use super::error::ApiError;
+use super::{client_ip, with_state, AppState};
+use crate::domain::Role;
+use crate::security::tokens;
+use crate::store::staff::{self, StaffUser};
+
+/// The staff member making a request.
+#[derive(Debug, Clone)]
+pub struct StaffSession {
+    pub user: StaffUser,
+    pub ip: String,
+}
+
+impl StaffSession {
+    /// How this person appears as `actor` in the audit log and on ledger entries.
+    pub fn actor(&self) -> String {
+        format!("staff:{}", self.user.email)
+    }
+
+    pub fn role(&self) -> Role {
+        self.user.role
+    }
+
+    /// 403 unless the user is an admin (the guide's admin-only endpoints).
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.user.role.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("Administrator role required".into()))
+        }
+    }
+
+    /// 403 unless the user may change KYC (admins and managers).
+    pub fn require_kyc_rights(&self) -> Result<(), ApiError> {
+        if self.user.role.may_change_kyc() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("Manager or administrator role required".into()))
+        }
+    }
+}
+
+/// Extracts the authenticated staff session, or the 401 to answer. Never rejects, so a route
+/// that matched by path answers 401 rather than falling through to 404.
+pub fn staff(
+    state: AppState,
+) -> impl Filter<Extract = (Result<StaffSession, ApiError>,), Error = std::convert::Infallible> + Clone {
+    warp::header::headers_cloned()
+        .and(client_ip())
+        .and(with_state(state))
+        .then(
+            |headers: warp::http::HeaderMap, ip: String, state: AppState| async move {
+                let header = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                authenticate(&state, header, ip).await
+            },
+        )
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+pub fn bearer(header: Option<&str>) -> Option<&str> {
+    let h = header?.trim();
+    let (scheme, token) = h.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+async fn authenticate(state: &AppState, header: Option<String>, ip: String) -> Result<StaffSession, ApiError> {
+    let unauthorized = || ApiError::Unauthorized("Authentication required: log in again".into());
+    let token = bearer(header.as_deref()).ok_or_else(unauthorized)?;
+    let mut secrets: Vec<&[u8]> = vec![state.secrets.jwt.bytes()];
+    if let Some(prev) = &state.secrets.jwt_previous {
+        secrets.push(prev.bytes());
+    }
+    let claims = tokens::verify_staff(token, &secrets).ok_or_else(unauthorized)?;
+    let user = state
+        .db
+        .read(move |conn| staff::get(conn, &claims.sub).map(|u| (u, claims)))
+        .await
+        .map_err(|_| unauthorized());
+    let (user, claims) = user?;
+    let changed_at = chrono::DateTime::parse_from_rfc3339(&user.password_changed_at)
+        .map(|t| t.timestamp())
+        .unwrap_or(i64::MAX);
+    // A disabled user, a changed role or a changed password ends every earlier session at once.
+    if user.disabled || user.role != claims.role || claims.iat < changed_at {
+        return Err(unauthorized());
+    }
+    Ok(StaffSession { user, ip })
+}
