@@ -10,6 +10,46 @@ use uuid::Uuid;
 
 use super::{now, StoreResult};
 
+/// Who did something, as written in `actor`.
+pub mod actors {
+    pub const WEBHOOK: &str = "platform:webhook";
+    pub const SERVICE: &str = "platform:service";
+    pub const ANONYMOUS: &str = "anonymous";
+    pub const SYSTEM: &str = "system";
+    pub const CLI: &str = "cli";
+    // Staff appear as "staff:<email>" (see `http::auth::StaffSession::actor`).
+}
+
+/// What happened, as written in `action`. One name per kind of event, shared by every surface,
+/// so the activity timeline and the audit filters can rely on them.
+pub mod actions {
+    /// `webhook.<event>` for each processed or rejected webhook, e.g. `webhook.deposit.completed`.
+    pub const WEBHOOK_PREFIX: &str = "webhook.";
+    pub const WEBHOOK_UNAUTHORIZED: &str = "webhook.unauthorized";
+    pub const WEBHOOK_REPROCESS: &str = "webhook.reprocess";
+    pub const CLIENT_REGISTER: &str = "client.register";
+    pub const CLIENT_UPDATE: &str = "client.update";
+    /// Every KYC change, whoever made it; target `client:<id>`, details `{from, to, notes}`.
+    pub const KYC_UPDATE: &str = "client.kyc_update";
+    pub const NOTE_ADD: &str = "client.note_add";
+    pub const SUBACCOUNT_OPEN: &str = "account.open_subaccount";
+    pub const BALANCE_DEPOSIT: &str = "account.deposit";
+    pub const BALANCE_WITHDRAWAL: &str = "account.withdrawal";
+    pub const BALANCE_ADJUST: &str = "account.adjust_balance";
+    pub const LEVERAGE_CHANGE: &str = "account.leverage";
+    pub const IMPERSONATE: &str = "sso.impersonate";
+    pub const LOGIN: &str = "auth.login";
+    pub const PASSWORD_CHANGE: &str = "auth.change_password";
+    /// `service.<operation>` for each service API call, e.g. `service.get_client`.
+    pub const SERVICE_PREFIX: &str = "service.";
+    pub const SERVICE_UNAUTHORIZED: &str = "service.unauthorized";
+}
+
+/// Targets are written `client:<uuid>`, `account:<uuid>`, `staff:<email>`, `webhook:<attempt id>`.
+pub fn target(kind: &str, id: impl std::fmt::Display) -> String {
+    format!("{kind}:{id}")
+}
+
 /// The hash that precedes the first row.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
