@@ -1,9 +1,14 @@
 //! The HTTP surface: warp filters and handlers, one file per surface.
 
+mod activity;
 pub mod auth;
 pub mod body;
 pub mod error;
 mod health;
+mod openapi;
+pub mod ratelimit;
+mod service;
+pub mod views;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,11 +26,18 @@ pub struct AppState {
     pub db: Db,
     pub settings: Arc<Settings>,
     pub secrets: Arc<Secrets>,
+    /// The service API's per-caller limit; `None` when switched off.
+    pub service_limiter: Option<Arc<ratelimit::Limiter>>,
 }
 
 impl AppState {
     pub fn new(db: Db, settings: Settings, secrets: Secrets) -> AppState {
+        let service_limiter = ratelimit::Limiter::per_minute(settings.service_rate_limit);
+        if let Some(limiter) = &service_limiter {
+            ratelimit::Limiter::spawn_sweeper(limiter);
+        }
         AppState {
+            service_limiter,
             db,
             settings: Arc::new(settings),
             secrets: Arc::new(secrets),
@@ -74,7 +86,13 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl warp::Reply,), Err
             "request"
         );
     });
-    health::routes(state)
+    health::routes(state.clone())
+        .or(service::routes(state.clone()))
+        .unify()
+        .or(activity::routes(state.clone()))
+        .unify()
+        .or(openapi::routes())
+        .unify()
         .recover(error::recover)
         .unify()
         .with(warp::reply::with::headers(security_headers()))
