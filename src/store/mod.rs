@@ -7,6 +7,7 @@ pub mod accounts;
 pub mod audit;
 pub mod clients;
 pub mod notes;
+pub mod secret_history;
 pub mod staff;
 
 use std::path::{Path, PathBuf};
@@ -110,6 +111,7 @@ impl Db {
             Connection::open(path).with_context(|| format!("cannot open the database {}", path.display()))?;
         configure(&writer)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
+        backup_before_migrating(&mut writer, path)?;
         embedded::migrations::runner()
             .run(&mut writer)
             .context("applying database migrations failed")?;
@@ -128,6 +130,12 @@ impl Db {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Reader pool size and idle connections, for `/metrics`.
+    pub fn pool_state(&self) -> (u32, u32) {
+        let state = self.readers.state();
+        (state.connections, state.idle_connections)
     }
 
     /// Runs a read on a pooled connection, off the async runtime.
@@ -165,6 +173,46 @@ impl Db {
         tx.commit()?;
         Ok(value)
     }
+}
+
+/// Writes a consistent snapshot of the database behind `conn` to `target`: first under a
+/// temporary name, synced, then renamed, so a half-written file never looks like a backup.
+/// `VACUUM INTO` reads inside one transaction, so concurrent writers do not tear the copy.
+pub fn snapshot_into(conn: &Connection, target: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let tmp = target.with_extension("partial");
+    let _ = std::fs::remove_file(&tmp);
+    let tmp_text = tmp.to_str().context("the backup path must be valid UTF-8")?;
+    conn.execute("VACUUM INTO ?1", [tmp_text])
+        .with_context(|| format!("writing the snapshot to {} failed", tmp.display()))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, target).with_context(|| format!("cannot move the snapshot to {}", target.display()))?;
+    Ok(())
+}
+
+/// Before a migration changes an existing database, keep a copy of it as it was.
+fn backup_before_migrating(conn: &mut Connection, path: &Path) -> anyhow::Result<()> {
+    let runner = embedded::migrations::runner();
+    let newest = runner.get_migrations().iter().map(|m| m.version()).max().unwrap_or(0);
+    let applied = match runner.get_last_applied_migration(conn) {
+        Ok(Some(m)) => m.version(),
+        // A fresh database (no history table yet) has nothing worth keeping.
+        _ => return Ok(()),
+    };
+    if applied >= newest {
+        return Ok(());
+    }
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    let target = path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("backups")
+        .join(format!("crm-pre-migration-v{applied}-{stamp}.db"));
+    snapshot_into(conn, &target)?;
+    tracing::info!(backup = %target.display(), from = applied, to = newest, "backed up the database before migrating");
+    Ok(())
 }
 
 /// Every database call from async code goes through here, so no handler blocks the runtime.
