@@ -6,12 +6,13 @@
 pub mod accounts;
 pub mod audit;
 pub mod clients;
+mod group_commit;
 pub mod notes;
 pub mod secret_history;
 pub mod staff;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -83,12 +84,15 @@ pub fn now() -> String {
 /// The database: a pool of readers and one writer connection.
 ///
 /// SQLite allows one writer at a time anyway; holding the writer behind a mutex makes writers
-/// queue in-process instead of spinning on SQLITE_BUSY, and every write runs `BEGIN IMMEDIATE`
-/// so a read-modify-write of a balance can never interleave with another.
+/// queue in-process instead of spinning on SQLITE_BUSY, and every write runs inside
+/// `BEGIN IMMEDIATE` so a read-modify-write of a balance can never interleave with another.
+/// Async writes go through [`group_commit`], which shares one commit among the writes that queue
+/// up meanwhile.
 #[derive(Clone)]
 pub struct Db {
     readers: r2d2::Pool<SqliteConnectionManager>,
     writer: Arc<Mutex<Connection>>,
+    jobs: mpsc::Sender<group_commit::Job>,
     path: Arc<PathBuf>,
 }
 
@@ -121,9 +125,12 @@ impl Db {
             .connection_timeout(Duration::from_secs(10))
             .build(manager)
             .context("cannot open database connections")?;
+        let writer = Arc::new(Mutex::new(writer));
+        let jobs = group_commit::spawn(writer.clone()).context("cannot start the database writer")?;
         Ok(Db {
             readers,
-            writer: Arc::new(Mutex::new(writer)),
+            writer,
+            jobs,
             path: Arc::new(path.to_path_buf()),
         })
     }
@@ -148,15 +155,18 @@ impl Db {
         run_blocking(move || db.read_sync(f)).await
     }
 
-    /// Runs `f` in one `BEGIN IMMEDIATE` transaction, off the async runtime. Commits when `f`
-    /// returns `Ok` (and only then returns), rolls back otherwise.
+    /// Runs `f` inside a `BEGIN IMMEDIATE` transaction on the writer thread, off the async
+    /// runtime. Its changes are kept when it returns `Ok` and rolled back otherwise, and this
+    /// returns only once the commit is durable (see [`group_commit`]).
     pub async fn write<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction) -> StoreResult<T> + Send + 'static,
     {
-        let db = self.clone();
-        run_blocking(move || db.write_sync(f)).await
+        let stopped = || StoreError::Other(anyhow::anyhow!("the database writer has stopped"));
+        let (job, result) = group_commit::job(f);
+        self.jobs.send(job).map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
     }
 
     pub fn read_sync<T>(&self, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
@@ -164,6 +174,7 @@ impl Db {
         f(&conn)
     }
 
+    /// A write of its own (no batching), for the command line and start-up.
     pub fn write_sync<T>(&self, f: impl FnOnce(&Transaction) -> StoreResult<T>) -> StoreResult<T> {
         // A panic while holding the lock poisons it; the connection itself is still sound
         // because the unfinished transaction is rolled back when it is dropped.
