@@ -36,7 +36,8 @@ impl Metrics {
     pub fn record(&self, path: &str, status: u16, elapsed: Duration) {
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         let mut label = route_label(path);
-        if !routes.contains_key(&label) && routes.len() >= MAX_ROUTES {
+        // One slot stays free for "other" itself.
+        if !routes.contains_key(&label) && routes.len() >= MAX_ROUTES - 1 {
             label = "other".into();
         }
         let stats = routes.entry(label).or_default();
