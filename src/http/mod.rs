@@ -5,9 +5,9 @@ pub mod body;
 pub mod error;
 mod health;
 pub mod metrics;
+mod server;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use warp::http::header::{HeaderMap, HeaderValue};
@@ -41,9 +41,11 @@ pub fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error =
     warp::any().map(move || state.clone())
 }
 
-/// The caller's address as recorded in the audit log.
+/// The caller's address as recorded in the audit log: the TCP peer. Behind a reverse proxy this
+/// is the proxy; `X-Forwarded-For` is not trusted because any client could forge it.
 pub fn client_ip() -> impl Filter<Extract = (String,), Error = std::convert::Infallible> + Clone {
-    warp::addr::remote().map(|addr: Option<SocketAddr>| addr.map(|a| a.ip().to_string()).unwrap_or_default())
+    warp::ext::optional::<server::PeerAddr>()
+        .map(|peer: Option<server::PeerAddr>| peer.map(|p| p.0.ip().to_string()).unwrap_or_default())
 }
 
 /// Headers every response carries. The admin page loads only its own files, so the policy
@@ -94,9 +96,5 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    warp::serve(routes(state))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    server::run(routes(state), listener, shutdown).await;
 }
