@@ -181,7 +181,7 @@ async fn update_kyc(
 
 fn parse_kyc(raw_email: &str, body: Result<Bytes, ApiError>) -> Result<(Email, KycRequest), ApiError> {
     let email = path_email(raw_email)?;
-    let req: KycRequest = parse_object(&body?)?;
+    let req: KycRequest = parse_json(&body?)?;
     if req
         .kyc_notes
         .as_ref()
@@ -225,7 +225,7 @@ async fn add_note(
 
 fn parse_note(raw_email: &str, body: Result<Bytes, ApiError>) -> Result<(Email, String), ApiError> {
     let email = path_email(raw_email)?;
-    let req: NoteRequest = parse_object(&body?)?;
+    let req: NoteRequest = parse_json(&body?)?;
     let comment = req.comment.trim();
     if comment.is_empty() {
         return Err(ApiError::BadRequest("comment: must not be empty".into()));
@@ -348,15 +348,6 @@ fn path_email(raw: &str) -> Result<Email, ApiError> {
         .decode_utf8()
         .map_err(|_| ApiError::BadRequest("the email in the path is not valid UTF-8".into()))?;
     Ok(Email::parse(&decoded)?)
-}
-
-/// A JSON object body parsed into `T`. serde would also read a struct from a JSON array
-/// (`["approved"]`), which no caller means.
-fn parse_object<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'{') => parse_json(bytes),
-        _ => Err(ApiError::BadRequest("the request body must be a JSON object".into())),
-    }
 }
 
 /// The raw body of a JSON request; any other declared content type is refused.
