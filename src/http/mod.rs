@@ -1,9 +1,19 @@
 //! The HTTP surface: warp filters and handlers, one file per surface.
 
+mod accounts;
+mod audit_log;
 pub mod auth;
 pub mod body;
+mod clients;
 pub mod error;
 mod health;
+mod impersonate;
+pub mod query;
+mod refusals;
+mod staff_admin;
+mod staff_auth;
+pub mod throttle;
+pub mod views;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,6 +31,8 @@ pub struct AppState {
     pub db: Db,
     pub settings: Arc<Settings>,
     pub secrets: Arc<Secrets>,
+    /// Failed staff logins per email and per address (see `throttle.rs`).
+    pub login_throttle: Arc<throttle::LoginThrottle>,
 }
 
 impl AppState {
@@ -29,6 +41,7 @@ impl AppState {
             db,
             settings: Arc::new(settings),
             secrets: Arc::new(secrets),
+            login_throttle: Arc::default(),
         }
     }
 }
@@ -74,7 +87,19 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl warp::Reply,), Err
             "request"
         );
     });
-    health::routes(state)
+    health::routes(state.clone())
+        .or(staff_auth::routes(state.clone()))
+        .unify()
+        .or(clients::routes(state.clone()))
+        .unify()
+        .or(impersonate::routes(state.clone()))
+        .unify()
+        .or(accounts::routes(state.clone()))
+        .unify()
+        .or(audit_log::routes(state.clone()))
+        .unify()
+        .or(staff_admin::routes(state.clone()))
+        .unify()
         .recover(error::recover)
         .unify()
         .with(warp::reply::with::headers(security_headers()))

@@ -7,6 +7,7 @@ pub mod accounts;
 pub mod audit;
 pub mod clients;
 pub mod notes;
+pub mod sso;
 pub mod staff;
 
 use std::path::{Path, PathBuf};
