@@ -76,8 +76,20 @@ async fn every_staff_route_answers_each_role_as_the_spec_says() {
             KYC,
             200,
         ),
-        route(Method::POST, format!("/api/clients/{cid}/subaccounts"), Some(json!({})), ADMIN, 201),
-        route(Method::POST, format!("/api/clients/{cid}/impersonate"), None, ADMIN, 200),
+        route(
+            Method::POST,
+            format!("/api/clients/{cid}/subaccounts"),
+            Some(json!({})),
+            ADMIN,
+            201,
+        ),
+        route(
+            Method::POST,
+            format!("/api/clients/{cid}/impersonate"),
+            None,
+            ADMIN,
+            200,
+        ),
         route(Method::GET, format!("/api/accounts/{aid}"), None, ALL, 200),
         route(Method::GET, format!("/api/accounts/{aid}/ledger"), None, ALL, 200),
         route(
@@ -111,7 +123,13 @@ async fn every_staff_route_answers_each_role_as_the_spec_says() {
             ADMIN,
             200,
         ),
-        route(Method::POST, format!("/api/staff/{bystander}/reset-password"), None, ADMIN, 200),
+        route(
+            Method::POST,
+            format!("/api/staff/{bystander}/reset-password"),
+            None,
+            ADMIN,
+            200,
+        ),
     ];
 
     for r in &routes {
@@ -178,7 +196,12 @@ async fn forged_expired_and_foreign_tokens_are_all_refused() {
 
     let c = client(&app, "client@example.com");
     let (_, sso) = app
-        .staff(Method::POST, &format!("/api/clients/{}/impersonate", c.id), &admin, None)
+        .staff(
+            Method::POST,
+            &format!("/api/clients/{}/impersonate", c.id),
+            &admin,
+            None,
+        )
         .await;
     let sso_token = sso["ssoToken"].as_str().unwrap().to_string();
 
@@ -214,7 +237,11 @@ async fn forged_expired_and_foreign_tokens_are_all_refused() {
             "signed with the SSO secret",
         ),
         (
-            jwt(&hs256_header(), &staff_claims(&admin_id, "admin", now - 7200, now - 1), jwt_secret),
+            jwt(
+                &hs256_header(),
+                &staff_claims(&admin_id, "admin", now - 7200, now - 1),
+                jwt_secret,
+            ),
             "expired",
         ),
         (sso_token, "an SSO token presented as a staff token"),
@@ -255,7 +282,11 @@ async fn forged_expired_and_foreign_tokens_are_all_refused() {
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), 401, "{header:?}: the token must follow the Bearer scheme");
+        assert_eq!(
+            resp.status(),
+            401,
+            "{header:?}: the token must follow the Bearer scheme"
+        );
     }
 }
 
@@ -266,7 +297,11 @@ async fn tokens_signed_with_the_previous_jwt_secret_work_during_rotation() {
     let (_, me) = app.login_as(&app.admin_email, &app.admin_password).await;
     let id = me["user"]["id"].as_str().unwrap();
     let now = now_secs();
-    let token = jwt(&hs256_header(), &staff_claims(id, "admin", now, now + 60), old.as_bytes());
+    let token = jwt(
+        &hs256_header(),
+        &staff_claims(id, "admin", now, now + 60),
+        old.as_bytes(),
+    );
     let (status, body) = app.staff(Method::GET, "/api/auth/me", &token, None).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["email"], "admin@crm.local");

@@ -194,7 +194,7 @@ async fn change_kyc(state: AppState, session: Session, raw_id: String, body: Bod
     Ok(warp::reply::json(&client))
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 struct NewSubaccount {
     currency: Option<String>,
     leverage: Option<Leverage>,
@@ -213,7 +213,11 @@ async fn open_subaccount(
     let entry = Audit::new(session.actor(), actions::SUBACCOUNT_OPEN, audit::target("client", &id)).ip(&session.ip);
     let result = async {
         session.require_admin()?;
-        let req: NewSubaccount = parse_json(&body?)?;
+        // Both fields are optional, so an empty body asks for the defaults.
+        let req: NewSubaccount = match body? {
+            b if b.iter().all(u8::is_ascii_whitespace) => NewSubaccount::default(),
+            b => parse_json(&b)?,
+        };
         let currency = req.currency.as_deref().map(parse_currency).transpose()?;
         let entry = entry.clone();
         Ok(state

@@ -94,7 +94,11 @@ pub fn hs256(secret: &[u8], signing_input: &str) -> String {
 
 /// A JWT with the given header and claims, HS256-signed with `secret`.
 pub fn jwt(header: &Value, claims: &Value, secret: &[u8]) -> String {
-    let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+    let input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
     let sig = hs256(secret, &input);
     format!("{input}.{sig}")
 }
