@@ -471,6 +471,10 @@ async fn unknown_and_malformed_account_ids_are_404_and_400() {
             .0,
         404
     );
+    let (status, body) = app
+        .staff(Method::DELETE, &format!("/api/accounts/{unknown}"), &admin, None)
+        .await;
+    assert_eq!(status, 405, "a known path with the wrong method: {body}");
 }
 
 // ---- guide section 5: leverage -------------------------------------------------------------

@@ -5,7 +5,6 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use warp::filters::BoxedFilter;
-use warp::http::StatusCode;
 use warp::{Filter, Reply};
 
 use super::auth::{self, StaffSession};
@@ -151,7 +150,7 @@ async fn change_password(
 fn session_reply(state: &AppState, user: &StaffUser) -> Result<warp::reply::Response, ApiError> {
     let (token, claims) = tokens::issue_staff(state.secrets.jwt.bytes(), &user.id, user.role)?;
     let body = json!({ "token": token, "expiresIn": claims.exp - claims.iat, "user": UserView::from(user) });
-    Ok(warp::reply::with_status(warp::reply::json(&body), StatusCode::OK).into_response())
+    Ok(warp::reply::json(&body).into_response())
 }
 
 async fn find_user(state: &AppState, raw_email: &str) -> Result<Option<StaffUser>, ApiError> {
