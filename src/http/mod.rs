@@ -8,15 +8,16 @@ mod clients;
 pub mod error;
 mod health;
 mod impersonate;
+pub mod metrics;
 pub mod query;
 mod refusals;
+mod server;
 mod staff_admin;
 mod staff_auth;
 pub mod throttle;
 pub mod views;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use warp::http::header::{HeaderMap, HeaderValue};
@@ -31,6 +32,7 @@ pub struct AppState {
     pub db: Db,
     pub settings: Arc<Settings>,
     pub secrets: Arc<Secrets>,
+    pub metrics: Arc<metrics::Metrics>,
     /// Failed staff logins per email and per address (see `throttle.rs`).
     pub login_throttle: Arc<throttle::LoginThrottle>,
 }
@@ -41,6 +43,7 @@ impl AppState {
             db,
             settings: Arc::new(settings),
             secrets: Arc::new(secrets),
+            metrics: Arc::new(metrics::Metrics::default()),
             login_throttle: Arc::default(),
         }
     }
@@ -51,9 +54,11 @@ pub fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error =
     warp::any().map(move || state.clone())
 }
 
-/// The caller's address as recorded in the audit log.
+/// The caller's address as recorded in the audit log: the TCP peer. Behind a reverse proxy this
+/// is the proxy; `X-Forwarded-For` is not trusted because any client could forge it.
 pub fn client_ip() -> impl Filter<Extract = (String,), Error = std::convert::Infallible> + Clone {
-    warp::addr::remote().map(|addr: Option<SocketAddr>| addr.map(|a| a.ip().to_string()).unwrap_or_default())
+    warp::ext::optional::<server::PeerAddr>()
+        .map(|peer: Option<server::PeerAddr>| peer.map(|p| p.0.ip().to_string()).unwrap_or_default())
 }
 
 /// Headers every response carries. The admin page loads only its own files, so the policy
@@ -77,7 +82,9 @@ fn security_headers() -> HeaderMap {
 
 /// Every route of the CRM, with JSON errors, security headers and request logging.
 pub fn routes(state: AppState) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone {
-    let log = warp::log::custom(|info| {
+    let metrics = state.metrics.clone();
+    let log = warp::log::custom(move |info| {
+        metrics.record(info.path(), info.status().as_u16(), info.elapsed());
         tracing::info!(
             target: "crm::http",
             method = %info.method(),
@@ -88,6 +95,8 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl warp::Reply,), Err
         );
     });
     health::routes(state.clone())
+        .or(metrics::routes(state.clone()))
+        .unify()
         .or(staff_auth::routes(state.clone()))
         .unify()
         .or(clients::routes(state.clone()))
@@ -98,7 +107,7 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl warp::Reply,), Err
         .unify()
         .or(audit_log::routes(state.clone()))
         .unify()
-        .or(staff_admin::routes(state.clone()))
+        .or(staff_admin::routes(state))
         .unify()
         .recover(error::recover)
         .unify()
@@ -112,9 +121,5 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    warp::serve(routes(state))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    server::run(routes(state), listener, shutdown).await;
 }
