@@ -10,6 +10,7 @@ pub mod clients;
 mod group_commit;
 pub mod notes;
 pub mod secret_history;
+pub mod sso;
 pub mod staff;
 
 use std::path::{Path, PathBuf};
