@@ -4,6 +4,7 @@ pub mod auth;
 pub mod body;
 pub mod error;
 mod health;
+pub mod webhooks;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -74,7 +75,9 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl warp::Reply,), Err
             "request"
         );
     });
-    health::routes(state)
+    health::routes(state.clone())
+        .or(webhooks::routes(state.clone()))
+        .unify()
         .recover(error::recover)
         .unify()
         .with(warp::reply::with::headers(security_headers()))

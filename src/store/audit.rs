@@ -43,6 +43,9 @@ pub mod actions {
     /// `service.<operation>` for each service API call, e.g. `service.get_client`.
     pub const SERVICE_PREFIX: &str = "service.";
     pub const SERVICE_UNAUTHORIZED: &str = "service.unauthorized";
+    /// A webhook whose event could not be read (malformed JSON, unknown event, body too large).
+    pub const WEBHOOK_REJECTED: &str = "webhook.rejected";
+    pub const CURRENCY_CHANGE: &str = "account.currency";
 }
 
 /// Targets are written `client:<uuid>`, `account:<uuid>`, `staff:<email>`, `webhook:<attempt id>`.

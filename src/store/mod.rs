@@ -8,6 +8,7 @@ pub mod audit;
 pub mod clients;
 pub mod notes;
 pub mod staff;
+pub mod webhooks;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
