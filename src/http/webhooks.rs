@@ -5,6 +5,7 @@
 
 mod admin;
 mod effects;
+mod fields;
 mod payload;
 mod process;
 
@@ -123,8 +124,8 @@ async fn record_unverified(
         signature: webhooks::UNVERIFIED.into(),
         raw_body: body[..kept].to_vec(),
         body_size: declared_size.unwrap_or(body.len() as i64),
-        // A refused body was never kept at all.
-        body_truncated: kept < body.len() || body.is_empty() && status == Status::Rejected,
+        // A refused body (too large, too slow, unreadable) was never read in full: none is kept.
+        body_truncated: status == Status::Rejected || kept < body.len(),
         status,
         http_status: error.status().as_u16(),
         error: process::log_message(&error),
