@@ -1,13 +1,19 @@
 //! The HTTP surface: warp filters and handlers, one file per surface.
 
+mod activity;
 pub mod auth;
 pub mod body;
 pub mod error;
 mod health;
+pub mod metrics;
+mod openapi;
+pub mod ratelimit;
+mod server;
+mod service;
+pub mod views;
 pub mod webhooks;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use warp::http::header::{HeaderMap, HeaderValue};
@@ -22,14 +28,23 @@ pub struct AppState {
     pub db: Db,
     pub settings: Arc<Settings>,
     pub secrets: Arc<Secrets>,
+    pub metrics: Arc<metrics::Metrics>,
+    /// The service API's per-caller limit; `None` when switched off.
+    pub service_limiter: Option<Arc<ratelimit::Limiter>>,
 }
 
 impl AppState {
     pub fn new(db: Db, settings: Settings, secrets: Secrets) -> AppState {
+        let service_limiter = ratelimit::Limiter::per_minute(settings.service_rate_limit);
+        if let Some(limiter) = &service_limiter {
+            ratelimit::Limiter::spawn_sweeper(limiter);
+        }
         AppState {
+            service_limiter,
             db,
             settings: Arc::new(settings),
             secrets: Arc::new(secrets),
+            metrics: Arc::new(metrics::Metrics::default()),
         }
     }
 }
@@ -39,9 +54,11 @@ pub fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error =
     warp::any().map(move || state.clone())
 }
 
-/// The caller's address as recorded in the audit log.
+/// The caller's address as recorded in the audit log: the TCP peer. Behind a reverse proxy this
+/// is the proxy; `X-Forwarded-For` is not trusted because any client could forge it.
 pub fn client_ip() -> impl Filter<Extract = (String,), Error = std::convert::Infallible> + Clone {
-    warp::addr::remote().map(|addr: Option<SocketAddr>| addr.map(|a| a.ip().to_string()).unwrap_or_default())
+    warp::ext::optional::<server::PeerAddr>()
+        .map(|peer: Option<server::PeerAddr>| peer.map(|p| p.0.ip().to_string()).unwrap_or_default())
 }
 
 /// Headers every response carries. The admin page loads only its own files, so the policy
@@ -65,7 +82,9 @@ fn security_headers() -> HeaderMap {
 
 /// Every route of the CRM, with JSON errors, security headers and request logging.
 pub fn routes(state: AppState) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone {
-    let log = warp::log::custom(|info| {
+    let metrics = state.metrics.clone();
+    let log = warp::log::custom(move |info| {
+        metrics.record(info.path(), info.status().as_u16(), info.elapsed());
         tracing::info!(
             target: "crm::http",
             method = %info.method(),
@@ -76,6 +95,14 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl warp::Reply,), Err
         );
     });
     health::routes(state.clone())
+        .or(metrics::routes(state.clone()))
+        .unify()
+        .or(service::routes(state.clone()))
+        .unify()
+        .or(activity::routes(state.clone()))
+        .unify()
+        .or(openapi::routes())
+        .unify()
         .or(webhooks::routes(state.clone()))
         .unify()
         .recover(error::recover)
@@ -90,9 +117,5 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    warp::serve(routes(state))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    server::run(routes(state), listener, shutdown).await;
 }

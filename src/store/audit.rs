@@ -43,6 +43,8 @@ pub mod actions {
     /// `service.<operation>` for each service API call, e.g. `service.get_client`.
     pub const SERVICE_PREFIX: &str = "service.";
     pub const SERVICE_UNAUTHORIZED: &str = "service.unauthorized";
+    /// A service caller refused for exceeding the rate limit (at most one entry per caller per minute).
+    pub const SERVICE_RATE_LIMITED: &str = "service.rate_limited";
     /// A webhook whose event could not be read (malformed JSON, unknown event, body too large).
     pub const WEBHOOK_REJECTED: &str = "webhook.rejected";
     pub const CURRENCY_CHANGE: &str = "account.currency";
