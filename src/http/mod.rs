@@ -4,6 +4,7 @@ pub mod auth;
 pub mod body;
 pub mod error;
 mod health;
+mod static_files;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -75,6 +76,9 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl warp::Reply,), Err
         );
     });
     health::routes(state)
+        // The admin page comes last: it claims only paths that name one of its files.
+        .or(static_files::routes())
+        .unify()
         .recover(error::recover)
         .unify()
         .with(warp::reply::with::headers(security_headers()))
