@@ -56,6 +56,9 @@ pub enum Command {
     /// Check the database: integrity, balances against the ledger, the audit chain. Exits
     /// non-zero on any failure.
     Verify,
+    /// The integration guide's pre-production checklist, checked automatically: one line per
+    /// item with ok, warn or FAIL and how to fix it. Exits non-zero on any FAIL.
+    Doctor,
 }
 
 #[derive(Debug, Subcommand)]

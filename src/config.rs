@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -74,6 +75,13 @@ pub struct Settings {
     pub service_rate_limit: u32,
     pub webhook_max_body_bytes: usize,
     pub log_format: LogFormat,
+    /// Where `serve` writes scheduled backups, how often (`None` = never) and how many it keeps.
+    pub backup_dir: PathBuf,
+    pub backup_interval: Option<Duration>,
+    pub backup_keep: usize,
+    /// The address staff and the Trading Platform use, e.g. behind a TLS proxy; `crm doctor`
+    /// checks that it is https.
+    pub public_url: Option<String>,
     /// Configured secrets by environment name (including `*_PREVIOUS`), before first-run fill-in.
     pub secrets: BTreeMap<String, (Secret, SecretOrigin)>,
 }
@@ -96,6 +104,10 @@ struct FileConfig {
     service_rate_limit: Option<u32>,
     webhook_max_body_bytes: Option<usize>,
     log_format: Option<String>,
+    backup_dir: Option<PathBuf>,
+    backup_interval: Option<String>,
+    backup_keep: Option<usize>,
+    public_url: Option<String>,
     jwt_secret: Option<String>,
     jwt_secret_previous: Option<String>,
     webhook_secret: Option<String>,
@@ -162,26 +174,37 @@ impl Settings {
             ));
         }
 
-        let service_rate_limit = match env("CRM_SERVICE_RATE_LIMIT") {
-            Some(v) => v.trim().parse().map_err(|_| {
-                err(format!(
-                    "CRM_SERVICE_RATE_LIMIT '{v}' is not a whole number: use requests per minute, 0 for no limit"
-                ))
-            })?,
-            None => file.service_rate_limit.unwrap_or(100),
-        };
-
-        let webhook_max_body_bytes = match env("CRM_WEBHOOK_MAX_BODY_BYTES") {
-            Some(v) => v.trim().parse().map_err(|_| {
-                err(format!(
-                    "CRM_WEBHOOK_MAX_BODY_BYTES '{v}' is not a whole number of bytes"
-                ))
-            })?,
-            None => file.webhook_max_body_bytes.unwrap_or(1024 * 1024),
-        };
+        let service_rate_limit = number("CRM_SERVICE_RATE_LIMIT", &env, file.service_rate_limit, 100)?;
+        let webhook_max_body_bytes = number(
+            "CRM_WEBHOOK_MAX_BODY_BYTES",
+            &env,
+            file.webhook_max_body_bytes,
+            1024 * 1024,
+        )?;
         if webhook_max_body_bytes < 1024 {
             return Err(err("webhook_max_body_bytes must be at least 1024"));
         }
+        let backup_interval = match env("CRM_BACKUP_INTERVAL").or(file.backup_interval.clone()) {
+            Some(text) => parse_interval(&text).ok_or_else(|| {
+                err(format!(
+                    "backup_interval '{text}' is not valid: use a number with s, m, h or d (\"24h\"), or \"off\""
+                ))
+            })?,
+            None => Some(Duration::from_secs(24 * 3600)),
+        };
+        let backup_keep = number("CRM_BACKUP_KEEP", &env, file.backup_keep, 7)?;
+        if backup_keep == 0 {
+            return Err(err(
+                "backup_keep must be at least 1: set backup_interval = \"off\" to turn backups off",
+            ));
+        }
+        let backup_dir = env("CRM_BACKUP_DIR")
+            .map(PathBuf::from)
+            .or(file.backup_dir.clone())
+            .unwrap_or_else(|| database.parent().unwrap_or(Path::new(".")).join("backups"));
+        let public_url = env("CRM_PUBLIC_URL")
+            .or(file.public_url.clone())
+            .map(|u| u.trim_end_matches('/').to_string());
 
         let log_format = match env("CRM_LOG_FORMAT").or(file.log_format.clone()).as_deref() {
             None | Some("text") => LogFormat::Text,
@@ -225,6 +248,10 @@ impl Settings {
             service_rate_limit,
             webhook_max_body_bytes,
             log_format,
+            backup_dir,
+            backup_interval,
+            backup_keep,
+            public_url,
             secrets,
         })
     }
@@ -247,6 +274,41 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     })
 }
 
+/// `"30s"`, `"15m"`, `"24h"`, `"7d"`; `"off"` or `"0"` is `Some(None)`; anything else `None`.
+fn parse_interval(text: &str) -> Option<Option<Duration>> {
+    let text = text.trim();
+    if text == "off" || text == "0" {
+        return Some(None);
+    }
+    let unit = match text.chars().last()? {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86400,
+        _ => return None,
+    };
+    let n: u64 = text[..text.len() - 1].parse().ok().filter(|n| *n > 0)?;
+    Some(Some(Duration::from_secs(n.checked_mul(unit)?)))
+}
+
+/// A whole number from the environment, else the file, else the default; a bad one names its key.
+fn number<T: std::str::FromStr>(
+    name: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    from_file: Option<T>,
+    default: T,
+) -> Result<T, ConfigError> {
+    match env(name) {
+        Some(v) => v.trim().parse().map_err(|_| {
+            let key = name.trim_start_matches("CRM_").to_lowercase();
+            err(format!(
+                "{name} (or {key} in crm.toml) '{v}' is not a valid whole number"
+            ))
+        }),
+        None => Ok(from_file.unwrap_or(default)),
+    }
+}
+
 fn check_secret(name: &str, value: &str) -> Result<(), ConfigError> {
     if value.trim().len() < MIN_SECRET_LEN {
         return Err(err(format!(
@@ -267,6 +329,25 @@ pub struct Secrets {
     pub service_token_previous: Option<Secret>,
     pub sso: Secret,
     pub origins: BTreeMap<String, SecretOrigin>,
+}
+
+impl Secrets {
+    /// Every secret in use, by environment name, for rotation bookkeeping.
+    pub fn named(&self) -> Vec<(&'static str, &Secret)> {
+        let mut out = vec![
+            ("JWT_SECRET", &self.jwt),
+            ("WEBHOOK_SECRET", &self.webhook),
+            ("SERVICE_API_TOKEN", &self.service_token),
+            ("SSO_SECRET", &self.sso),
+        ];
+        let previous = [
+            ("JWT_SECRET_PREVIOUS", &self.jwt_previous),
+            ("WEBHOOK_SECRET_PREVIOUS", &self.webhook_previous),
+            ("SERVICE_API_TOKEN_PREVIOUS", &self.service_token_previous),
+        ];
+        out.extend(previous.into_iter().filter_map(|(n, s)| s.as_ref().map(|s| (n, s))));
+        out
+    }
 }
 
 /// Fills in the secrets that are not configured from `secrets.env` beside the database, and
@@ -463,6 +544,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("TRADING_PLATFORM_URL"), "{e}");
+    }
+
+    #[test]
+    fn backup_intervals_read_as_durations() {
+        assert_eq!(parse_interval("24h"), Some(Some(Duration::from_secs(86400))));
+        assert_eq!(parse_interval("90s"), Some(Some(Duration::from_secs(90))));
+        assert_eq!(parse_interval("off"), Some(None));
+        for bad in ["", "h", "24", "-1h", "1.5h", "0h", "1w"] {
+            assert_eq!(parse_interval(bad), None, "{bad} must be refused");
+        }
+        let e = load(Overrides::default(), &[("CRM_BACKUP_INTERVAL", "daily")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("backup_interval"), "{e}");
     }
 
     #[test]

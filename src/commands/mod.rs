@@ -34,8 +34,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Backup { out } => {
-            let db = open_db(&flags)?;
-            let path = crate::ops::backup::run(&db, out.as_deref())?;
+            let settings = Settings::load(&flags)?;
+            let db = Db::open(&settings.database)?;
+            let path = crate::ops::backup::run(&db, out.as_deref(), &settings.backup_dir)?;
             println!("backup written to {}", path.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -46,6 +47,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
+            })
+        }
+        Command::Doctor => {
+            let settings = Settings::load(&flags)?;
+            let db = Db::open(&settings.database)?;
+            let report = crate::ops::doctor::run(&settings, &db)?;
+            print!("{report}");
+            Ok(if report.failed() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
             })
         }
     }

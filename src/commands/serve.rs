@@ -24,6 +24,12 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
         );
     }
     bootstrap_admin(&db)?;
+    db.write_sync(|tx| {
+        for (name, secret) in secrets.named() {
+            crate::store::secret_history::record(tx, name, secret.expose())?;
+        }
+        Ok(())
+    })?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -34,6 +40,14 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
         tracing::info!(%addr, database = %settings.database.display(), "CRM started");
         // Tests and scripts read this line to learn the port when listening on :0.
         println!("listening on http://{addr}");
+        if let Some(interval) = settings.backup_interval {
+            tokio::spawn(crate::ops::backup::schedule(
+                db.clone(),
+                settings.backup_dir.clone(),
+                interval,
+                settings.backup_keep,
+            ));
+        }
         let state = AppState::new(db, settings.clone(), secrets);
         http::serve(state, listener, shutdown_signal()).await;
         tracing::info!("CRM stopped");

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod body;
 pub mod error;
 mod health;
+pub mod metrics;
 mod static_files;
 
 use std::future::Future;
@@ -22,6 +23,7 @@ pub struct AppState {
     pub db: Db,
     pub settings: Arc<Settings>,
     pub secrets: Arc<Secrets>,
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl AppState {
@@ -30,6 +32,7 @@ impl AppState {
             db,
             settings: Arc::new(settings),
             secrets: Arc::new(secrets),
+            metrics: Arc::new(metrics::Metrics::default()),
         }
     }
 }
@@ -65,7 +68,9 @@ fn security_headers() -> HeaderMap {
 
 /// Every route of the CRM, with JSON errors, security headers and request logging.
 pub fn routes(state: AppState) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone {
-    let log = warp::log::custom(|info| {
+    let metrics = state.metrics.clone();
+    let log = warp::log::custom(move |info| {
+        metrics.record(info.path(), info.status().as_u16(), info.elapsed());
         tracing::info!(
             target: "crm::http",
             method = %info.method(),
@@ -75,7 +80,9 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl warp::Reply,), Err
             "request"
         );
     });
-    health::routes(state)
+    health::routes(state.clone())
+        .or(metrics::routes(state))
+        .unify()
         // The admin page comes last: it claims only paths that name one of its files.
         .or(static_files::routes())
         .unify()

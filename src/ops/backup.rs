@@ -1,35 +1,69 @@
-//! `crm backup`: a consistent single-file snapshot, safe while `serve` is writing.
-//!
-//! `VACUUM INTO` reads inside one read transaction, so the copy is a point-in-time snapshot even
-//! under concurrent writes. It is written under a temporary name and renamed, so a half-written
-//! file never looks like a backup.
+//! Backups: `crm backup`, and the schedule `serve` runs. A backup is one SQLite file; restoring
+//! is stopping the CRM and copying that file back over the database.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use anyhow::Context;
+use crate::store::{snapshot_into, Db, StoreError};
 
-use crate::store::Db;
+const PREFIX: &str = "crm-backup-";
 
-pub fn run(db: &Db, out: Option<&Path>) -> anyhow::Result<PathBuf> {
+/// Writes a snapshot to `out`, or to `crm-backup-<time>.db` in `dir`.
+pub fn run(db: &Db, out: Option<&Path>, dir: &Path) -> anyhow::Result<PathBuf> {
     let target = match out {
         Some(p) => p.to_path_buf(),
-        None => {
-            let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
-            db.path()
-                .parent()
-                .unwrap_or(Path::new("."))
-                .join(format!("crm-backup-{stamp}.db"))
-        }
+        None => dir.join(format!(
+            "{PREFIX}{}.db",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
+        )),
     };
-    if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let tmp = target.with_extension("db.partial");
-    let _ = std::fs::remove_file(&tmp);
-    let tmp_text = tmp.to_str().context("the backup path must be valid UTF-8")?.to_string();
-    db.read_sync(|conn| Ok(conn.execute("VACUUM INTO ?1", [&tmp_text])?))
-        .with_context(|| format!("writing the snapshot to {} failed", tmp.display()))?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, &target).with_context(|| format!("cannot move the snapshot to {}", target.display()))?;
+    db.read_sync(|conn| snapshot_into(conn, &target).map_err(StoreError::Other))?;
     Ok(target)
+}
+
+/// The scheduled backups in `dir`, newest first.
+pub fn list(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.starts_with(PREFIX) && name.ends_with(".db")
+        })
+        .collect();
+    // The timestamp in the name sorts chronologically.
+    files.sort();
+    files.reverse();
+    files
+}
+
+/// Deletes all but the newest `keep` scheduled backups.
+pub fn prune(dir: &Path, keep: usize) -> anyhow::Result<()> {
+    for old in list(dir).into_iter().skip(keep) {
+        std::fs::remove_file(&old)?;
+    }
+    Ok(())
+}
+
+/// `serve`'s schedule: a backup every `interval`, keeping the newest `keep`. The first one is
+/// taken one interval after start-up. Failures are logged and retried at the next tick.
+pub async fn schedule(db: Db, dir: PathBuf, interval: Duration, keep: usize) {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    loop {
+        ticker.tick().await;
+        let (db, dir) = (db.clone(), dir.clone());
+        let result = tokio::task::spawn_blocking(move || -> anyhow::Result<PathBuf> {
+            let path = run(&db, None, &dir)?;
+            prune(&dir, keep)?;
+            Ok(path)
+        })
+        .await;
+        match result {
+            Ok(Ok(path)) => tracing::info!(backup = %path.display(), "scheduled backup written"),
+            Ok(Err(e)) => tracing::error!(error = format!("{e:#}"), "scheduled backup failed"),
+            Err(e) => tracing::error!(error = %e, "scheduled backup task failed"),
+        }
+    }
 }

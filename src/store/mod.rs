@@ -6,11 +6,13 @@
 pub mod accounts;
 pub mod audit;
 pub mod clients;
+mod group_commit;
 pub mod notes;
+pub mod secret_history;
 pub mod staff;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -82,12 +84,15 @@ pub fn now() -> String {
 /// The database: a pool of readers and one writer connection.
 ///
 /// SQLite allows one writer at a time anyway; holding the writer behind a mutex makes writers
-/// queue in-process instead of spinning on SQLITE_BUSY, and every write runs `BEGIN IMMEDIATE`
-/// so a read-modify-write of a balance can never interleave with another.
+/// queue in-process instead of spinning on SQLITE_BUSY, and every write runs inside
+/// `BEGIN IMMEDIATE` so a read-modify-write of a balance can never interleave with another.
+/// Async writes go through [`group_commit`], which shares one commit among the writes that queue
+/// up meanwhile.
 #[derive(Clone)]
 pub struct Db {
     readers: r2d2::Pool<SqliteConnectionManager>,
     writer: Arc<Mutex<Connection>>,
+    jobs: mpsc::Sender<group_commit::Job>,
     path: Arc<PathBuf>,
 }
 
@@ -110,6 +115,7 @@ impl Db {
             Connection::open(path).with_context(|| format!("cannot open the database {}", path.display()))?;
         configure(&writer)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
+        backup_before_migrating(&mut writer, path)?;
         embedded::migrations::runner()
             .run(&mut writer)
             .context("applying database migrations failed")?;
@@ -119,15 +125,24 @@ impl Db {
             .connection_timeout(Duration::from_secs(10))
             .build(manager)
             .context("cannot open database connections")?;
+        let writer = Arc::new(Mutex::new(writer));
+        let jobs = group_commit::spawn(writer.clone()).context("cannot start the database writer")?;
         Ok(Db {
             readers,
-            writer: Arc::new(Mutex::new(writer)),
+            writer,
+            jobs,
             path: Arc::new(path.to_path_buf()),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Reader pool size and idle connections, for `/metrics`.
+    pub fn pool_state(&self) -> (u32, u32) {
+        let state = self.readers.state();
+        (state.connections, state.idle_connections)
     }
 
     /// Runs a read on a pooled connection, off the async runtime.
@@ -140,15 +155,18 @@ impl Db {
         run_blocking(move || db.read_sync(f)).await
     }
 
-    /// Runs `f` in one `BEGIN IMMEDIATE` transaction, off the async runtime. Commits when `f`
-    /// returns `Ok` (and only then returns), rolls back otherwise.
+    /// Runs `f` inside a `BEGIN IMMEDIATE` transaction on the writer thread, off the async
+    /// runtime. Its changes are kept when it returns `Ok` and rolled back otherwise, and this
+    /// returns only once the commit is durable (see [`group_commit`]).
     pub async fn write<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction) -> StoreResult<T> + Send + 'static,
     {
-        let db = self.clone();
-        run_blocking(move || db.write_sync(f)).await
+        let stopped = || StoreError::Other(anyhow::anyhow!("the database writer has stopped"));
+        let (job, result) = group_commit::job(f);
+        self.jobs.send(job).map_err(|_| stopped())?;
+        result.await.map_err(|_| stopped())?
     }
 
     pub fn read_sync<T>(&self, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
@@ -156,6 +174,7 @@ impl Db {
         f(&conn)
     }
 
+    /// A write of its own (no batching), for the command line and start-up.
     pub fn write_sync<T>(&self, f: impl FnOnce(&Transaction) -> StoreResult<T>) -> StoreResult<T> {
         // A panic while holding the lock poisons it; the connection itself is still sound
         // because the unfinished transaction is rolled back when it is dropped.
@@ -165,6 +184,46 @@ impl Db {
         tx.commit()?;
         Ok(value)
     }
+}
+
+/// Writes a consistent snapshot of the database behind `conn` to `target`: first under a
+/// temporary name, synced, then renamed, so a half-written file never looks like a backup.
+/// `VACUUM INTO` reads inside one transaction, so concurrent writers do not tear the copy.
+pub fn snapshot_into(conn: &Connection, target: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let tmp = target.with_extension("partial");
+    let _ = std::fs::remove_file(&tmp);
+    let tmp_text = tmp.to_str().context("the backup path must be valid UTF-8")?;
+    conn.execute("VACUUM INTO ?1", [tmp_text])
+        .with_context(|| format!("writing the snapshot to {} failed", tmp.display()))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, target).with_context(|| format!("cannot move the snapshot to {}", target.display()))?;
+    Ok(())
+}
+
+/// Before a migration changes an existing database, keep a copy of it as it was.
+fn backup_before_migrating(conn: &mut Connection, path: &Path) -> anyhow::Result<()> {
+    let runner = embedded::migrations::runner();
+    let newest = runner.get_migrations().iter().map(|m| m.version()).max().unwrap_or(0);
+    let applied = match runner.get_last_applied_migration(conn) {
+        Ok(Some(m)) => m.version(),
+        // A fresh database (no history table yet) has nothing worth keeping.
+        _ => return Ok(()),
+    };
+    if applied >= newest {
+        return Ok(());
+    }
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    let target = path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("backups")
+        .join(format!("crm-pre-migration-v{applied}-{stamp}.db"));
+    snapshot_into(conn, &target)?;
+    tracing::info!(backup = %target.display(), from = applied, to = newest, "backed up the database before migrating");
+    Ok(())
 }
 
 /// Every database call from async code goes through here, so no handler blocks the runtime.

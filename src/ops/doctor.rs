@@ -1,0 +1,322 @@
+//! `crm doctor`: the guide's pre-production checklist, checked automatically, one line per item
+//! with ok / warn / FAIL and how to fix it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::config::{read_secrets_file, Settings, ROTATING_NAMES, SECRET_NAMES};
+use crate::store::{audit, secret_history, Db};
+
+/// The guide: "Rotate tokens every 90 days".
+const ROTATION_DAYS: i64 = 90;
+const MIN_SECRET_LEN: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug)]
+pub struct Item {
+    pub level: Level,
+    pub what: String,
+    pub fix: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub items: Vec<Item>,
+}
+
+impl Report {
+    fn push(&mut self, level: Level, what: impl Into<String>, fix: impl Into<String>) {
+        self.items.push(Item {
+            level,
+            what: what.into(),
+            fix: fix.into(),
+        });
+    }
+
+    pub fn failed(&self) -> bool {
+        self.items.iter().any(|i| i.level == Level::Fail)
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for item in &self.items {
+            let tag = match item.level {
+                Level::Ok => "ok  ",
+                Level::Warn => "warn",
+                Level::Fail => "FAIL",
+            };
+            if item.fix.is_empty() {
+                writeln!(f, "{tag}  {}", item.what)?;
+            } else {
+                writeln!(f, "{tag}  {} -> {}", item.what, item.fix)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn run(settings: &Settings, db: &Db) -> anyhow::Result<Report> {
+    let mut report = Report::default();
+    let stored = read_secrets_file(&settings.secrets_file())?;
+    let values = check_secrets(settings, &stored, &mut report);
+    check_urls(settings, &mut report);
+    check_backups(settings, &mut report);
+    db.read_sync(|conn| {
+        check_usage(conn, &mut report)?;
+        check_rotation(conn, settings, &values, &mut report)?;
+        Ok(())
+    })?;
+    Ok(report)
+}
+
+/// Each of the four secrets: configured by the operator, long enough, distinct from the others.
+fn check_secrets(
+    settings: &Settings,
+    stored: &BTreeMap<String, String>,
+    report: &mut Report,
+) -> BTreeMap<String, String> {
+    let mut values = BTreeMap::new();
+    for name in SECRET_NAMES {
+        let value = if let Some((secret, _)) = settings.secrets.get(name) {
+            report.push(Level::Ok, format!("{name} is configured"), "");
+            secret.expose().to_string()
+        } else if let Some(v) = stored.get(name) {
+            report.push(
+                Level::Warn,
+                format!("{name} is the generated first-run value in {}", settings.secrets_file().display()),
+                "set your own in the environment or crm.toml (`crm secrets generate`) and share it over a secure channel",
+            );
+            v.clone()
+        } else {
+            report.push(
+                Level::Fail,
+                format!("{name} is not set"),
+                "set it (`crm secrets generate` prints one)",
+            );
+            continue;
+        };
+        if value.len() < MIN_SECRET_LEN {
+            report.push(
+                Level::Fail,
+                format!("{name} is only {} characters", value.len()),
+                "use 32 random bytes as hex (64 characters): `crm secrets generate`",
+            );
+        }
+        values.insert(name.to_string(), value);
+    }
+    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut distinct = true;
+    for (name, value) in &values {
+        if let Some(other) = seen.insert(value.as_str(), name.as_str()) {
+            distinct = false;
+            report.push(
+                Level::Fail,
+                format!("{name} and {other} are the same value"),
+                "give every secret its own value",
+            );
+        }
+    }
+    if distinct && values.len() == SECRET_NAMES.len() {
+        report.push(Level::Ok, "the four secrets are distinct", "");
+    }
+    for name in ROTATING_NAMES {
+        let prev = format!("{name}_PREVIOUS");
+        if let Some((value, _)) = settings.secrets.get(&prev) {
+            if values.get(name).is_some_and(|v| v == value.expose()) {
+                report.push(
+                    Level::Fail,
+                    format!("{prev} equals {name}"),
+                    format!("remove {prev} or set it to the old value"),
+                );
+            }
+        }
+    }
+    values
+}
+
+fn check_urls(settings: &Settings, report: &mut Report) {
+    if settings.trading_platform_url.starts_with("https://") {
+        report.push(
+            Level::Ok,
+            format!("TRADING_PLATFORM_URL is {}", settings.trading_platform_url),
+            "",
+        );
+    } else {
+        report.push(
+            Level::Fail,
+            format!("TRADING_PLATFORM_URL is {} (not https)", settings.trading_platform_url),
+            "set TRADING_PLATFORM_URL to the platform's https:// address",
+        );
+    }
+    match &settings.public_url {
+        Some(url) if url.starts_with("https://") => {
+            report.push(Level::Ok, format!("served over HTTPS at {url}"), "");
+        }
+        Some(url) => report.push(
+            Level::Fail,
+            format!("public_url {url} is not https"),
+            "put a TLS reverse proxy in front (README: Run it on a VPS) and set public_url to its https:// address",
+        ),
+        None if settings.listen.ip().is_loopback() => report.push(
+            Level::Warn,
+            format!("listening on {} (loopback) with no public_url set", settings.listen),
+            "put a TLS reverse proxy in front (README: Run it on a VPS) and set public_url / CRM_PUBLIC_URL",
+        ),
+        None => report.push(
+            Level::Fail,
+            format!("listening on {} without TLS", settings.listen),
+            "listen on 127.0.0.1 behind a TLS reverse proxy and set public_url",
+        ),
+    }
+}
+
+fn check_backups(settings: &Settings, report: &mut Report) {
+    let Some(interval) = settings.backup_interval else {
+        report.push(
+            Level::Warn,
+            "scheduled backups are off",
+            "set backup_interval (e.g. \"24h\") or back up with cron and `crm backup`",
+        );
+        return;
+    };
+    let newest = crate::ops::backup::list(&settings.backup_dir).into_iter().next();
+    let age = newest
+        .as_ref()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.elapsed().ok());
+    match (newest, age) {
+        (Some(path), Some(age)) if age <= interval * 2 => {
+            report.push(
+                Level::Ok,
+                format!("latest backup {} is {} h old", path.display(), age.as_secs() / 3600),
+                "",
+            );
+        }
+        (Some(path), Some(age)) => report.push(
+            Level::Warn,
+            format!("latest backup {} is {} h old", path.display(), age.as_secs() / 3600),
+            "check that `crm serve` is running and can write to the backup folder",
+        ),
+        _ => report.push(
+            Level::Warn,
+            format!("no backup in {} yet", settings.backup_dir.display()),
+            "run `crm backup` now; `serve` writes one every backup_interval",
+        ),
+    }
+}
+
+fn exists(conn: &Connection, sql: &str) -> rusqlite::Result<bool> {
+    conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|n| n > 0)
+}
+
+/// The guide's "tested end-to-end" items, and the audit trail itself.
+fn check_usage(conn: &Connection, report: &mut Report) -> crate::store::StoreResult<()> {
+    let checks = [
+        (
+            "SELECT COUNT(*) FROM webhook_events WHERE status = 'processed'",
+            "a signed webhook has been processed",
+            "send the guide's test webhook (README: Webhooks)",
+        ),
+        (
+            "SELECT COUNT(*) FROM audit_log WHERE action LIKE 'service.%' AND outcome = 'success'",
+            "the service API has answered a Bearer-token call",
+            "run the guide's service API curl example",
+        ),
+        (
+            "SELECT COUNT(*) FROM audit_log WHERE action = 'sso.impersonate' AND outcome = 'success'",
+            "an SSO impersonation has been issued",
+            "impersonate a test client from the admin page and check the platform accepts the token",
+        ),
+    ];
+    for (sql, what, fix) in checks {
+        if exists(conn, sql)? {
+            report.push(Level::Ok, what, "");
+        } else {
+            report.push(Level::Warn, format!("not yet: {what}"), fix);
+        }
+    }
+    let rows: i64 = conn.query_row("SELECT COUNT(*) FROM audit_log", [], |r| r.get(0))?;
+    match audit::verify_chain(conn)? {
+        Some(broken) => report.push(
+            Level::Fail,
+            format!("audit log: {broken}"),
+            "restore from a backup and investigate",
+        ),
+        None if rows > 0 => report.push(
+            Level::Ok,
+            format!("audit log is written ({rows} entries, chain intact)"),
+            "",
+        ),
+        None => report.push(Level::Warn, "audit log is empty", "start `crm serve` once"),
+    }
+    Ok(())
+}
+
+/// Secrets older than 90 days, and when each `*_PREVIOUS` secret was last used.
+fn check_rotation(
+    conn: &Connection,
+    settings: &Settings,
+    values: &BTreeMap<String, String>,
+    report: &mut Report,
+) -> crate::store::StoreResult<()> {
+    let now = chrono::Utc::now();
+    for (name, value) in values {
+        let Some(first_seen) = secret_history::first_seen(conn, name, value)? else {
+            continue;
+        };
+        let age =
+            chrono::DateTime::parse_from_rfc3339(&first_seen).map(|t| (now - t.with_timezone(&chrono::Utc)).num_days());
+        match age {
+            Ok(days) if days > ROTATION_DAYS => report.push(
+                Level::Warn,
+                format!("{name} has been in use for {days} days"),
+                "rotate it (README: Rotating secrets); the guide asks for every 90 days",
+            ),
+            Ok(days) => report.push(Level::Ok, format!("{name} in use for {days} days"), ""),
+            Err(_) => {}
+        }
+    }
+    let last_use = [
+        ("WEBHOOK_SECRET_PREVIOUS", "SELECT MAX(received_at) FROM webhook_events WHERE signature = 'previous'"),
+        (
+            "SERVICE_API_TOKEN_PREVIOUS",
+            "SELECT MAX(at) FROM audit_log WHERE action LIKE 'service.%' AND json_extract(details, '$.token') = 'previous'",
+        ),
+    ];
+    if settings.secrets.contains_key("JWT_SECRET_PREVIOUS") {
+        report.push(
+            Level::Warn,
+            "JWT_SECRET_PREVIOUS is set",
+            "staff sessions signed with it end within 8 hours of the rotation: remove it after that",
+        );
+    }
+    for (name, sql) in last_use {
+        if !settings.secrets.contains_key(name) {
+            continue;
+        }
+        let last: Option<String> = conn.query_row(sql, [], |r| r.get(0)).optional()?.flatten();
+        match last {
+            Some(at) => report.push(
+                Level::Warn,
+                format!("{name} is set and was last used at {at}"),
+                "once the Trading Platform has switched to the new value, remove it",
+            ),
+            None => report.push(
+                Level::Ok,
+                format!("{name} is set and has not been used"),
+                "it is safe to remove once the platform has switched",
+            ),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! Group commit: every async write goes to one writer thread, which gathers the writes queued
+//! while the previous commit was syncing and runs them in ONE `BEGIN IMMEDIATE` transaction,
+//! each inside its own savepoint, then commits once (one fsync for the whole batch).
+//!
+//! Each write still behaves as if it ran alone: it sees every earlier write of the batch, a
+//! failing write rolls back to its savepoint without touching the others, and its caller hears
+//! back only after the batch's commit is durable — or gets an error if the commit failed.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
+
+use super::{StoreError, StoreResult};
+
+/// Runs in the batch's transaction (`None` if the transaction could not be started) and returns
+/// what to do once the outcome of the commit is known (`None` = committed).
+pub type Job = Box<dyn FnOnce(Option<&Transaction>) -> Completion + Send>;
+pub type Completion = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
+
+/// More than enough to turn thousands of commits per second into a few dozen syncs.
+const MAX_BATCH: usize = 512;
+
+pub fn spawn(conn: Arc<Mutex<Connection>>) -> std::io::Result<mpsc::Sender<Job>> {
+    let (sender, receiver) = mpsc::channel::<Job>();
+    std::thread::Builder::new().name("crm-writer".into()).spawn(move || {
+        // Ends when every Db handle (and so every sender) is gone.
+        while let Ok(first) = receiver.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            commit_batch(&mut conn, batch);
+        }
+    })?;
+    Ok(sender)
+}
+
+fn commit_batch(conn: &mut Connection, batch: Vec<Job>) {
+    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(_) => {
+            for job in batch {
+                job(None)(None);
+            }
+            return;
+        }
+    };
+    let completions: Vec<Completion> = batch.into_iter().map(|job| job(Some(&tx))).collect();
+    let outcome = tx.commit();
+    for done in completions {
+        done(outcome.as_ref().err());
+    }
+}
+
+/// Wraps a write closure into a [`Job`] and a receiver for its result.
+pub fn job<T, F>(f: F) -> (Job, tokio::sync::oneshot::Receiver<StoreResult<T>>)
+where
+    T: Send + 'static,
+    F: FnOnce(&Transaction) -> StoreResult<T> + Send + 'static,
+{
+    let (reply, receiver) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move |tx: Option<&Transaction>| -> Completion {
+        let result = match tx {
+            Some(tx) => in_savepoint(tx, f),
+            None => Err(StoreError::Unavailable),
+        };
+        Box::new(move |commit_error: Option<&rusqlite::Error>| {
+            let outcome = match (result, commit_error) {
+                (Ok(value), None) => Ok(value),
+                (Ok(_), Some(e)) => Err(commit_failure(e)),
+                (Err(e), _) => Err(e),
+            };
+            // The caller may have gone away (client disconnected); the write stands either way.
+            let _ = reply.send(outcome);
+        })
+    });
+    (job, receiver)
+}
+
+fn in_savepoint<T>(tx: &Transaction, f: impl FnOnce(&Transaction) -> StoreResult<T>) -> StoreResult<T> {
+    tx.execute_batch("SAVEPOINT job")?;
+    let result = catch_unwind(AssertUnwindSafe(|| f(tx)))
+        .unwrap_or_else(|_| Err(StoreError::Other(anyhow::anyhow!("a database write panicked"))));
+    let end = if result.is_ok() {
+        "RELEASE job"
+    } else {
+        "ROLLBACK TO job; RELEASE job"
+    };
+    tx.execute_batch(end)?;
+    result
+}
+
+fn commit_failure(e: &rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::DiskFull) => StoreError::Unavailable,
+        _ => StoreError::Other(anyhow::anyhow!("commit failed: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Db;
+    use super::*;
+
+    fn scratch_db() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db")).unwrap();
+        db.write_sync(|tx| Ok(tx.execute_batch("CREATE TABLE t (n INTEGER NOT NULL UNIQUE)")?))
+            .unwrap();
+        (dir, db)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writes_each_apply_once_and_a_failing_one_touches_nothing_else() {
+        let (_dir, db) = scratch_db();
+        let mut handles = Vec::new();
+        for i in 0..300i64 {
+            let db = db.clone();
+            handles.push(tokio::spawn(async move {
+                db.write(move |tx| {
+                    tx.execute("INSERT INTO t (n) VALUES (?1)", [i])?;
+                    if i % 3 == 0 {
+                        // Written, then refused: the savepoint must undo this write only.
+                        return Err(StoreError::Conflict("refused".into()));
+                    }
+                    Ok(i)
+                })
+                .await
+            }));
+        }
+        let mut ok = 0;
+        for h in handles {
+            if h.await.unwrap().is_ok() {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 200);
+        let rows: i64 = db
+            .read_sync(|c| Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(rows, 200);
+        let refused: i64 = db
+            .read_sync(|c| Ok(c.query_row("SELECT COUNT(*) FROM t WHERE n % 3 = 0", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(refused, 0);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_write_is_an_error_and_the_writer_keeps_going() {
+        let (_dir, db) = scratch_db();
+        let panicked = db.write(|_tx| -> StoreResult<()> { panic!("boom") }).await;
+        assert!(panicked.is_err());
+        db.write(|tx| Ok(tx.execute("INSERT INTO t (n) VALUES (1)", [])?))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_constraint_violation_inside_one_write_leaves_the_batch_usable() {
+        let (_dir, db) = scratch_db();
+        db.write(|tx| Ok(tx.execute("INSERT INTO t (n) VALUES (7)", [])?))
+            .await
+            .unwrap();
+        let dup = db.write(|tx| Ok(tx.execute("INSERT INTO t (n) VALUES (7)", [])?)).await;
+        assert!(matches!(dup, Err(StoreError::Sqlite(_))));
+        db.write(|tx| Ok(tx.execute("INSERT INTO t (n) VALUES (8)", [])?))
+            .await
+            .unwrap();
+    }
+}

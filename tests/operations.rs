@@ -1,0 +1,298 @@
+//! Operations: backups, restore, verify, doctor, metrics.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn integrity_ok(path: &Path) -> bool {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0))
+        .unwrap()
+        == "ok"
+}
+
+#[tokio::test]
+async fn verify_passes_on_a_healthy_database_and_fails_when_an_audit_row_is_edited() {
+    let app = spawn_app();
+    let out = app.crm(&["verify"]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(stdout(&out).contains("all checks passed"));
+
+    let conn = app.sqlite();
+    conn.execute_batch(
+        "DROP TRIGGER audit_log_no_update;
+         UPDATE audit_log SET details = '{\"role\":\"agent\"}' WHERE seq = 1;",
+    )
+    .unwrap();
+    let out = app.crm(&["verify"]);
+    assert!(!out.status.success());
+    assert!(stdout(&out).contains("FAIL  audit log hash chain"), "{}", stdout(&out));
+}
+
+#[tokio::test]
+async fn verify_fails_when_an_audit_row_is_deleted() {
+    let app = spawn_app();
+    // Two entries, so deleting the first leaves a gap.
+    assert!(app
+        .crm(&[
+            "user",
+            "add",
+            "--email",
+            "b@broker.example",
+            "--name",
+            "B",
+            "--role",
+            "agent"
+        ])
+        .status
+        .success());
+    app.sqlite()
+        .execute_batch("DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE seq = 1;")
+        .unwrap();
+    let out = app.crm(&["verify"]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+}
+
+#[tokio::test]
+async fn the_audit_log_refuses_edits_through_sql() {
+    let app = spawn_app();
+    let conn = app.sqlite();
+    assert!(conn.execute("UPDATE audit_log SET actor = 'someone else'", []).is_err());
+    assert!(conn.execute("DELETE FROM audit_log", []).is_err());
+}
+
+#[tokio::test]
+async fn verify_fails_when_a_balance_disagrees_with_its_ledger() {
+    let app = spawn_app();
+    let conn = app.sqlite();
+    conn.execute_batch(
+        "INSERT INTO clients (id, email, created_at, updated_at) VALUES ('c1', 'x@example.com', 'x', 'x');
+         INSERT INTO accounts (id, client_id, real_balance, created_at, updated_at) VALUES ('a1', 'c1', 100, 'x', 'x');",
+    )
+    .unwrap();
+    let out = app.crm(&["verify"]);
+    assert!(!out.status.success());
+    assert!(
+        stdout(&out).contains("FAIL  every balance equals the sum of its ledger entries"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[tokio::test]
+async fn a_backup_is_one_consistent_file_and_restoring_it_is_a_copy() {
+    let app = spawn_app();
+    let backup = app.dir.path().join("snap.db");
+    let out = app.crm(&["backup", "--out", backup.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(integrity_ok(&backup));
+    assert!(
+        !app.dir.path().join("snap.partial").exists(),
+        "no temporary file is left behind"
+    );
+
+    // A change made after the backup...
+    assert!(app
+        .crm(&[
+            "user",
+            "add",
+            "--email",
+            "late@broker.example",
+            "--name",
+            "L",
+            "--role",
+            "agent"
+        ])
+        .status
+        .success());
+    let secrets = app.secrets.clone();
+    let dir = app.stop();
+    // ...is gone once the backup is copied back over the database (and its WAL removed).
+    for ext in ["db-wal", "db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join("crm").with_extension(ext));
+    }
+    std::fs::copy(&backup, dir.path().join("crm.db")).unwrap();
+    let restored = spawn_with(Spawn {
+        dir: Some(dir),
+        secrets: Some(secrets),
+        ..Default::default()
+    });
+    let count: i64 = restored
+        .sqlite()
+        .query_row(
+            "SELECT COUNT(*) FROM staff_users WHERE email = 'late@broker.example'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(count, 0);
+    assert!(restored.crm(&["verify"]).status.success());
+}
+
+#[tokio::test]
+async fn serve_writes_scheduled_backups_and_keeps_only_the_newest() {
+    let app = spawn_with(
+        Spawn::default()
+            .env("CRM_BACKUP_INTERVAL", "1s")
+            .env("CRM_BACKUP_KEEP", "2"),
+    );
+    let dir = app.dir.path().join("backups");
+    let names = || -> Vec<String> {
+        std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // Bounded wait until at least four scheduled backups have been written (not a timing assertion).
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < 4 && Instant::now() < deadline {
+        seen.extend(
+            names()
+                .into_iter()
+                .filter(|n| n.starts_with("crm-backup-") && n.ends_with(".db")),
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen.len() >= 4, "the schedule keeps writing backups: {seen:?}");
+    // Between writing a new one and pruning, three may exist for a moment; then two remain.
+    let mut kept = names().len();
+    while kept != 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        kept = names().len();
+    }
+    assert_eq!(kept, 2, "only the two newest backups are kept");
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        assert!(integrity_ok(&entry.path()));
+    }
+}
+
+#[test]
+fn a_backup_is_taken_before_migrating_an_existing_database() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(crm_command(dir.path()).arg("migrate").status().unwrap().success());
+    // Pretend the database predates the latest migration.
+    let conn = rusqlite::Connection::open(dir.path().join("crm.db")).unwrap();
+    let latest: i64 = conn
+        .query_row("SELECT MAX(version) FROM refinery_schema_history", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(latest, 2, "update this test when a migration is added");
+    conn.execute_batch("DELETE FROM refinery_schema_history WHERE version = 2; DROP TABLE secret_history;")
+        .unwrap();
+    drop(conn);
+
+    assert!(crm_command(dir.path()).arg("migrate").status().unwrap().success());
+    let backups: Vec<_> = std::fs::read_dir(dir.path().join("backups"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(backups.len(), 1);
+    let name = backups[0].file_name().to_string_lossy().into_owned();
+    assert!(name.starts_with("crm-pre-migration-v1-"), "{name}");
+    // The copy is the database as it was: without the new table.
+    let old = rusqlite::Connection::open(backups[0].path()).unwrap();
+    assert!(old.prepare("SELECT * FROM secret_history").is_err());
+
+    // Nothing pending: no further backup.
+    assert!(crm_command(dir.path()).arg("migrate").status().unwrap().success());
+    assert_eq!(std::fs::read_dir(dir.path().join("backups")).unwrap().count(), 1);
+}
+
+#[tokio::test]
+async fn doctor_checks_the_guides_checklist_one_line_per_item() {
+    let app = spawn_app();
+    let out = crm_command(app.dir.path())
+        .arg("doctor")
+        .env("JWT_SECRET", &app.secrets.jwt)
+        .env("WEBHOOK_SECRET", &app.secrets.webhook)
+        .env("SERVICE_API_TOKEN", &app.secrets.service)
+        .env("SSO_SECRET", &app.secrets.sso)
+        .env("TRADING_PLATFORM_URL", PLATFORM_URL)
+        .env("CRM_PUBLIC_URL", "https://crm.broker.example")
+        .env("SERVICE_API_TOKEN_PREVIOUS", random_hex())
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    for expected in [
+        "ok    JWT_SECRET is configured",
+        "ok    the four secrets are distinct",
+        "ok    TRADING_PLATFORM_URL is https://trading.test",
+        "ok    served over HTTPS at https://crm.broker.example",
+        "ok    WEBHOOK_SECRET in use for 0 days",
+        "ok    SERVICE_API_TOKEN_PREVIOUS is set and has not been used",
+        "warn  no backup in",
+        "ok    audit log is written",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(out.status.success(), "no FAIL line:\n{text}");
+    for line in text.lines() {
+        assert!(["ok  ", "warn", "FAIL"].iter().any(|t| line.starts_with(t)), "{line}");
+    }
+    assert!(!text.contains(&app.secrets.jwt), "secrets are never printed");
+}
+
+#[tokio::test]
+async fn doctor_fails_on_shared_short_or_plain_http_settings() {
+    let app = spawn_app();
+    let out = crm_command(app.dir.path())
+        .arg("doctor")
+        .env("JWT_SECRET", "same-value-for-two-secrets")
+        .env("WEBHOOK_SECRET", "same-value-for-two-secrets")
+        .env("TRADING_PLATFORM_URL", "http://trading.test")
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("FAIL  WEBHOOK_SECRET and JWT_SECRET are the same value"),
+        "{text}"
+    );
+    assert!(text.contains("FAIL  JWT_SECRET is only 26 characters"), "{text}");
+    assert!(
+        text.contains("FAIL  TRADING_PLATFORM_URL is http://trading.test (not https)"),
+        "{text}"
+    );
+    assert!(text.contains("FAIL  SSO_SECRET is not set"), "{text}");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_status() {
+    let app = spawn_app();
+    for _ in 0..3 {
+        assert_eq!(app.get("/healthz").await.0, 200);
+    }
+    app.get("/no/such").await;
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("crm_http_requests_total{route=\"/healthz\",status=\"200\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("crm_http_requests_total{route=\"/no/such\",status=\"404\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("crm_http_request_duration_seconds_count{route=\"/healthz\"} 3"),
+        "{text}"
+    );
+    assert!(text.contains("crm_db_pool_connections"), "{text}");
+}
