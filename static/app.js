@@ -82,7 +82,6 @@ function onLogin() {
 function logout() {
   session.clear();
   location.hash = '#/login';
-  render();
 }
 
 setUnauthorizedHandler(() => {

@@ -29,6 +29,7 @@ export const session = {
     }
   },
   save(token, user) {
+    sessionStorage.removeItem(FLASH_KEY);
     sessionStorage.setItem(TOKEN_KEY, token);
     sessionStorage.setItem(USER_KEY, JSON.stringify(user));
   },
@@ -39,11 +40,7 @@ export const session = {
   flash(message) {
     sessionStorage.setItem(FLASH_KEY, message);
   },
-  takeFlash() {
-    const message = sessionStorage.getItem(FLASH_KEY);
-    sessionStorage.removeItem(FLASH_KEY);
-    return message;
-  },
+  peekFlash: () => sessionStorage.getItem(FLASH_KEY),
   clear() {
     sessionStorage.removeItem(TOKEN_KEY);
     sessionStorage.removeItem(USER_KEY);

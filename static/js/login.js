@@ -6,7 +6,7 @@ export function loginScreen(onLogin) {
   const password = h('input', { type: 'password', name: 'password', autocomplete: 'current-password', required: true });
   const submit = h('button', { type: 'submit', class: 'primary' }, 'Log in');
   const error = errorBox();
-  const flash = session.takeFlash();
+  const flash = session.peekFlash();
   const form = h('form', { class: 'card narrow', id: 'login-form' },
     h('h1', {}, 'Log in'),
     flash ? h('p', { class: 'notice', role: 'status' }, flash) : null,
