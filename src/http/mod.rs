@@ -1,14 +1,19 @@
 //! The HTTP surface: warp filters and handlers, one file per surface.
 
+mod activity;
 pub mod auth;
 pub mod body;
 pub mod error;
 mod health;
 pub mod metrics;
+mod openapi;
+pub mod ratelimit;
+mod server;
+mod service;
 mod static_files;
+pub mod views;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use warp::http::header::{HeaderMap, HeaderValue};
@@ -24,11 +29,18 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub secrets: Arc<Secrets>,
     pub metrics: Arc<metrics::Metrics>,
+    /// The service API's per-caller limit; `None` when switched off.
+    pub service_limiter: Option<Arc<ratelimit::Limiter>>,
 }
 
 impl AppState {
     pub fn new(db: Db, settings: Settings, secrets: Secrets) -> AppState {
+        let service_limiter = ratelimit::Limiter::per_minute(settings.service_rate_limit);
+        if let Some(limiter) = &service_limiter {
+            ratelimit::Limiter::spawn_sweeper(limiter);
+        }
         AppState {
+            service_limiter,
             db,
             settings: Arc::new(settings),
             secrets: Arc::new(secrets),
@@ -42,9 +54,11 @@ pub fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error =
     warp::any().map(move || state.clone())
 }
 
-/// The caller's address as recorded in the audit log.
+/// The caller's address as recorded in the audit log: the TCP peer. Behind a reverse proxy this
+/// is the proxy; `X-Forwarded-For` is not trusted because any client could forge it.
 pub fn client_ip() -> impl Filter<Extract = (String,), Error = std::convert::Infallible> + Clone {
-    warp::addr::remote().map(|addr: Option<SocketAddr>| addr.map(|a| a.ip().to_string()).unwrap_or_default())
+    warp::ext::optional::<server::PeerAddr>()
+        .map(|peer: Option<server::PeerAddr>| peer.map(|p| p.0.ip().to_string()).unwrap_or_default())
 }
 
 /// Headers every response carries. The admin page loads only its own files, so the policy
@@ -81,7 +95,13 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl warp::Reply,), Err
         );
     });
     health::routes(state.clone())
-        .or(metrics::routes(state))
+        .or(metrics::routes(state.clone()))
+        .unify()
+        .or(service::routes(state.clone()))
+        .unify()
+        .or(activity::routes(state.clone()))
+        .unify()
+        .or(openapi::routes())
         .unify()
         // The admin page comes last: it claims only paths that name one of its files.
         .or(static_files::routes())
@@ -98,9 +118,5 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    warp::serve(routes(state))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    server::run(routes(state), listener, shutdown).await;
 }

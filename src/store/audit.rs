@@ -43,6 +43,8 @@ pub mod actions {
     /// `service.<operation>` for each service API call, e.g. `service.get_client`.
     pub const SERVICE_PREFIX: &str = "service.";
     pub const SERVICE_UNAUTHORIZED: &str = "service.unauthorized";
+    /// A service caller refused for exceeding the rate limit (at most one entry per caller per minute).
+    pub const SERVICE_RATE_LIMITED: &str = "service.rate_limited";
 }
 
 /// Targets are written `client:<uuid>`, `account:<uuid>`, `staff:<email>`, `webhook:<attempt id>`.

@@ -4,6 +4,7 @@
 //! them only through [`Db::read`] and [`Db::write`], which run them on tokio's blocking pool.
 
 pub mod accounts;
+pub mod activity;
 pub mod audit;
 pub mod clients;
 mod group_commit;
