@@ -22,7 +22,8 @@ const screens = {
   staff: () => staffScreen(),
   password: () => passwordScreen(),
 };
-const adminOnly = new Set(['webhooks', 'staff']);
+// Screens not every role may open; `can` says who may.
+const guarded = new Set(['audit', 'webhooks', 'staff']);
 
 function parseHash() {
   const [path, search = ''] = location.hash.replace(/^#\/?/, '').split('?');
@@ -43,7 +44,7 @@ async function render() {
     location.hash = '#/clients';
     return;
   }
-  if (adminOnly.has(route.name) && !can(route.name)) {
+  if (guarded.has(route.name) && !can(route.name)) {
     replace(app, h('p', { class: 'error' }, 'Your role does not give access to this page.'));
     return;
   }
@@ -63,7 +64,7 @@ function showChrome(signedIn) {
   document.getElementById('nav').hidden = !signedIn;
   document.getElementById('session').hidden = !signedIn;
   document.getElementById('whoami').textContent = user ? `${user.name || user.email} (${user.role})` : '';
-  for (const link of document.querySelectorAll('[data-role="admin"]')) {
+  for (const link of document.querySelectorAll('#nav [data-guarded]')) {
     link.hidden = !can(link.dataset.nav);
   }
 }

@@ -205,6 +205,7 @@ async fn adjust(b: &Browser, fund: &str, amount: &str, before: &str, after: &str
         preview.contains(&format!("{fund} before{before}")) && preview.contains(&format!("{fund} after{after}")),
         "the confirmation shows {before} -> {after}: {preview}"
     );
+    b.snapshot(&format!("confirm-{fund}")).await;
     b.click("#adjust-confirm-button").await;
 }
 
@@ -319,6 +320,7 @@ async fn staff_run_the_crm_from_a_browser_and_each_role_sees_only_what_it_may_do
     ] {
         b.wait_for_text(action).await;
     }
+    b.snapshot("audit").await;
     b.click("#audit-csv").await;
     let csv = b.downloads.join("audit.csv");
     b.wait_until("audit.csv to download", || async {
@@ -331,6 +333,10 @@ async fn staff_run_the_crm_from_a_browser_and_each_role_sees_only_what_it_may_do
         "{csv}"
     );
 
+    b.goto(&app.url(&format!("/#/clients/{client_id}"))).await;
+    b.wait_for_text("Called about the").await;
+    b.snapshot("client").await;
+
     // A hostile name is shown as the literal text; no element is created from it, no script runs.
     open_client(&b, "hostile@example.com").await;
     assert_eq!(b.text("#client-title").await, format!("{HOSTILE_NAME} Hostile"));
@@ -342,7 +348,7 @@ async fn staff_run_the_crm_from_a_browser_and_each_role_sees_only_what_it_may_do
         json!(0)
     );
     b.assert_no_dialog().await;
-    b.screenshot(&app.dir.path().join("clients.png")).await;
+    b.snapshot("clients").await;
 
     // A token the server no longer accepts sends the user back to the login screen.
     b.js("sessionStorage.setItem('crm.token', 'not-a-valid-token')", vec![])
@@ -353,14 +359,14 @@ async fn staff_run_the_crm_from_a_browser_and_each_role_sees_only_what_it_may_do
 
     // An agent may read and add notes, and is offered nothing else.
     log_in(&b, &app.base, "agent@crm.local", "agent-password-123").await;
-    for admin_only in ["staff", "webhooks"] {
+    for admin_only in ["staff", "webhooks", "audit"] {
         let hidden = b
             .js(
                 &format!("return document.querySelector('[data-nav={admin_only}]').hidden"),
                 vec![],
             )
             .await;
-        assert_eq!(hidden, json!(true), "an agent is not offered {admin_only}");
+        assert_eq!(hidden, json!(true), "an agent is not offered the {admin_only} page");
     }
     b.goto(&app.url(&format!("/#/clients/{client_id}"))).await;
     b.find("#note-form").await;

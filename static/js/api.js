@@ -52,6 +52,7 @@ export function can(action) {
   const role = session.user()?.role;
   switch (action) {
     case 'changeKyc':
+    case 'audit':
       return role === 'admin' || role === 'manager';
     case 'money': // balances, leverage, subaccounts
     case 'impersonate':

@@ -6,7 +6,7 @@ const FILTERS = ['status', 'event', 'from', 'to'];
 
 export async function webhooksScreen(params) {
   const { form } = filterForm('webhooks', params, [
-    { name: 'status', label: 'Status', options: [['processed', 'Processed'], ['duplicate', 'Duplicate'], ['rejected', 'Rejected'], ['failed', 'Failed']] },
+    { name: 'status', label: 'Status', options: ['processed', 'duplicate', 'rejected', 'unauthorized', 'conflict', 'failed'] },
     { name: 'event', label: 'Event' },
     { name: 'from', label: 'From' },
     { name: 'to', label: 'To' },

@@ -192,8 +192,13 @@ impl Browser {
         }
     }
 
-    pub async fn screenshot(&self, path: &Path) {
-        std::fs::write(path, self.client.screenshot().await.unwrap()).unwrap();
+    /// Saves a screenshot as `<name>.png` in the folder named by `CRM_SCREENSHOTS`, when set,
+    /// so a maintainer can look at the page the tests drove.
+    pub async fn snapshot(&self, name: &str) {
+        if let Some(dir) = std::env::var_os("CRM_SCREENSHOTS") {
+            let png = self.client.screenshot().await.unwrap();
+            std::fs::write(Path::new(&dir).join(format!("{name}.png")), png).unwrap();
+        }
     }
 }
 
