@@ -1,17 +1,27 @@
 //! The HTTP surface: warp filters and handlers, one file per surface.
 
+mod accounts;
 mod activity;
+mod audit_log;
 pub mod auth;
 pub mod body;
+mod clients;
 pub mod error;
 mod health;
+mod impersonate;
 pub mod metrics;
 mod openapi;
+pub mod query;
 pub mod ratelimit;
+mod refusals;
 mod server;
 mod service;
+mod staff_admin;
+mod staff_auth;
 mod static_files;
+pub mod throttle;
 pub mod views;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -31,6 +41,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// The service API's per-caller limit; `None` when switched off.
     pub service_limiter: Option<Arc<ratelimit::Limiter>>,
+    /// Failed staff logins per email and per address (see `throttle.rs`).
+    pub login_throttle: Arc<throttle::LoginThrottle>,
 }
 
 impl AppState {
@@ -45,6 +57,7 @@ impl AppState {
             settings: Arc::new(settings),
             secrets: Arc::new(secrets),
             metrics: Arc::new(metrics::Metrics::default()),
+            login_throttle: Arc::default(),
         }
     }
 }
@@ -94,19 +107,28 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl warp::Reply,), Err
             "request"
         );
     });
-    health::routes(state.clone())
-        .or(metrics::routes(state.clone()))
-        .unify()
-        .or(service::routes(state.clone()))
-        .unify()
-        .or(activity::routes(state.clone()))
-        .unify()
-        .or(openapi::routes())
-        .unify()
+    // One line per surface; each is boxed, so adding one never changes the others' types.
+    let surfaces = [
+        health::routes(state.clone()),
+        metrics::routes(state.clone()),
+        openapi::routes(),
+        service::routes(state.clone()),
+        activity::routes(state.clone()),
+        staff_auth::routes(state.clone()),
+        clients::routes(state.clone()),
+        impersonate::routes(state.clone()),
+        accounts::routes(state.clone()),
+        audit_log::routes(state.clone()),
+        staff_admin::routes(state.clone()),
+        webhooks::routes(state),
         // The admin page comes last: it claims only paths that name one of its files.
-        .or(static_files::routes())
-        .unify()
-        .recover(error::recover)
+        static_files::routes(),
+    ];
+    let api = surfaces
+        .into_iter()
+        .reduce(|all, next| all.or(next).unify().boxed())
+        .expect("at least one surface");
+    api.recover(error::recover)
         .unify()
         .with(warp::reply::with::headers(security_headers()))
         .with(log)

@@ -48,6 +48,12 @@ impl From<&Account> for AccountView {
     }
 }
 
+impl From<Account> for AccountView {
+    fn from(a: Account) -> AccountView {
+        AccountView::from(&a)
+    }
+}
+
 /// A client's primary account and its subaccounts (`GET /api/service/accounts/:clientEmail`).
 #[derive(Debug, Clone, Serialize)]
 pub struct AccountsView {
