@@ -333,6 +333,22 @@ async fn staff_run_the_crm_from_a_browser_and_each_role_sees_only_what_it_may_do
         "{csv}"
     );
 
+    // The webhook log shows a delivery's raw body and re-processes it; staff management opens.
+    b.goto(&app.url("/#/webhooks?event=client.registered")).await;
+    b.click("#app tbody a").await;
+    b.wait_until("the raw body", || async {
+        b.text("#raw-body").await.contains("\"client.registered\"")
+    })
+    .await;
+    b.click("#reprocess").await;
+    b.wait_until("the re-process answer", || async {
+        b.exists("#app .notice:not([hidden])").await || b.exists("#app .error:not([hidden])").await
+    })
+    .await;
+    b.goto(&app.url("/#/staff")).await;
+    b.find("#staff-form").await;
+    b.wait_for_text("agent@crm.local").await;
+
     b.goto(&app.url(&format!("/#/clients/{client_id}"))).await;
     b.wait_for_text("Called about the").await;
     b.snapshot("client").await;
