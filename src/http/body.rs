@@ -64,9 +64,10 @@ fn too_large(limit: usize) -> ApiError {
     ApiError::PayloadTooLarge(format!("Request body too large: the limit is {limit} bytes"))
 }
 
-/// Parses a JSON body into `T`. Errors name the field path (`data.amount: ...`).
+/// Parses a JSON object body into `T`. Errors name the field path (`data.amount: ...`).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    // serde accepts a JSON array for a struct (fields by position); no request of ours is one.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(ApiError::BadRequest("the request body must be a JSON object".into()));
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);

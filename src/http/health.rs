@@ -6,11 +6,12 @@ use warp::Filter;
 use super::error::{respond, ApiError};
 use super::{with_state, AppState};
 
-pub fn routes(state: AppState) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
     warp::path!("healthz")
         .and(warp::get())
         .and(with_state(state))
         .then(|state: AppState| async move { respond(check(state).await) })
+        .boxed()
 }
 
 async fn check(state: AppState) -> Result<impl warp::Reply, ApiError> {

@@ -1,11 +1,25 @@
 //! The HTTP surface: warp filters and handlers, one file per surface.
 
+mod accounts;
+mod activity;
+mod audit_log;
 pub mod auth;
 pub mod body;
+mod clients;
 pub mod error;
 mod health;
+mod impersonate;
 pub mod metrics;
+mod openapi;
+pub mod query;
+pub mod ratelimit;
+mod refusals;
 mod server;
+mod service;
+mod staff_admin;
+mod staff_auth;
+pub mod throttle;
+pub mod views;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,15 +37,25 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub secrets: Arc<Secrets>,
     pub metrics: Arc<metrics::Metrics>,
+    /// The service API's per-caller limit; `None` when switched off.
+    pub service_limiter: Option<Arc<ratelimit::Limiter>>,
+    /// Failed staff logins per email and per address (see `throttle.rs`).
+    pub login_throttle: Arc<throttle::LoginThrottle>,
 }
 
 impl AppState {
     pub fn new(db: Db, settings: Settings, secrets: Secrets) -> AppState {
+        let service_limiter = ratelimit::Limiter::per_minute(settings.service_rate_limit);
+        if let Some(limiter) = &service_limiter {
+            ratelimit::Limiter::spawn_sweeper(limiter);
+        }
         AppState {
+            service_limiter,
             db,
             settings: Arc::new(settings),
             secrets: Arc::new(secrets),
             metrics: Arc::new(metrics::Metrics::default()),
+            login_throttle: Arc::default(),
         }
     }
 }
@@ -81,10 +105,25 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl warp::Reply,), Err
             "request"
         );
     });
-    health::routes(state.clone())
-        .or(metrics::routes(state))
-        .unify()
-        .recover(error::recover)
+    // One line per surface; each is boxed, so adding one never changes the others' types.
+    let surfaces = [
+        health::routes(state.clone()),
+        metrics::routes(state.clone()),
+        openapi::routes(),
+        service::routes(state.clone()),
+        activity::routes(state.clone()),
+        staff_auth::routes(state.clone()),
+        clients::routes(state.clone()),
+        impersonate::routes(state.clone()),
+        accounts::routes(state.clone()),
+        audit_log::routes(state.clone()),
+        staff_admin::routes(state),
+    ];
+    let api = surfaces
+        .into_iter()
+        .reduce(|all, next| all.or(next).unify().boxed())
+        .expect("at least one surface");
+    api.recover(error::recover)
         .unify()
         .with(warp::reply::with::headers(security_headers()))
         .with(log)

@@ -43,6 +43,13 @@ pub mod actions {
     /// `service.<operation>` for each service API call, e.g. `service.get_client`.
     pub const SERVICE_PREFIX: &str = "service.";
     pub const SERVICE_UNAUTHORIZED: &str = "service.unauthorized";
+    /// A service caller refused for exceeding the rate limit (at most one entry per caller per minute).
+    pub const SERVICE_RATE_LIMITED: &str = "service.rate_limited";
+    /// Staff management, by an admin on the staff API or by the `crm user` command.
+    pub const STAFF_CREATE: &str = "staff.create";
+    /// A role change or (re-)enabling; details `{role: {from, to}, disabled: {from, to}}`.
+    pub const STAFF_UPDATE: &str = "staff.update";
+    pub const STAFF_RESET_PASSWORD: &str = "staff.reset_password";
 }
 
 /// Targets are written `client:<uuid>`, `account:<uuid>`, `staff:<email>`, `webhook:<attempt id>`.

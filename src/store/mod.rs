@@ -4,11 +4,13 @@
 //! them only through [`Db::read`] and [`Db::write`], which run them on tokio's blocking pool.
 
 pub mod accounts;
+pub mod activity;
 pub mod audit;
 pub mod clients;
 mod group_commit;
 pub mod notes;
 pub mod secret_history;
+pub mod sso;
 pub mod staff;
 
 use std::path::{Path, PathBuf};

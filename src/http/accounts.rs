@@ -1,0 +1,161 @@
+//! Accounts for staff: the guide's admin-only balance adjustment (section 4) and leverage change
+//! (section 5), plus reading an account and its ledger for the admin page.
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+use warp::filters::BoxedFilter;
+use warp::{Filter, Reply};
+
+use super::auth::{self, StaffSession};
+use super::body::{self, parse_json};
+use super::error::{respond, ApiError};
+use super::query::{self, Params};
+use super::refusals::audited;
+use super::views::AccountView;
+use super::{with_state, AppState};
+use crate::domain::{AccountId, FundType, Leverage, Money};
+use crate::store::accounts::{self, BalanceChange, Reason};
+use crate::store::audit::{self, actions, Audit};
+
+const MAX_NOTES_CHARS: usize = 1000;
+
+type Session = Result<StaffSession, ApiError>;
+type Body = Result<Bytes, ApiError>;
+
+pub fn routes(state: AppState) -> BoxedFilter<(warp::reply::Response,)> {
+    let s = || with_state(state.clone()).and(auth::staff(state.clone()));
+    let get = warp::path!("api" / "accounts" / String)
+        .and(warp::get())
+        .and(s())
+        .then(|id, st, se| async move { respond(get_account(st, se, id).await) });
+    let ledger = warp::path!("api" / "accounts" / String / "ledger")
+        .and(warp::get())
+        .and(s())
+        .and(query::params())
+        .then(|id, st, se, q| async move { respond(ledger(st, se, id, q).await) });
+    let adjust = warp::path!("api" / "accounts" / String / "adjust-balance")
+        .and(warp::post())
+        .and(s())
+        .and(body::raw(body::DEFAULT_LIMIT))
+        .then(|id, st, se, b| async move { respond(adjust_balance(st, se, id, b).await) });
+    let leverage = warp::path!("api" / "accounts" / String / "leverage")
+        .and(warp::patch())
+        .and(s())
+        .and(body::raw(body::DEFAULT_LIMIT))
+        .then(|id, st, se, b| async move { respond(set_leverage(st, se, id, b).await) });
+    get.or(ledger).unify().or(adjust).unify().or(leverage).unify().boxed()
+}
+
+async fn get_account(state: AppState, session: Session, raw_id: String) -> Result<impl Reply, ApiError> {
+    session?;
+    let id = raw_id.parse::<AccountId>()?.to_string();
+    let account = state.db.read(move |conn| accounts::get(conn, &id)).await?;
+    Ok(warp::reply::json(&AccountView::from(account)))
+}
+
+/// `GET /api/accounts/:id/ledger?before=&limit=`: newest first; `before` is a `nextCursor`.
+async fn ledger(
+    state: AppState,
+    session: Session,
+    raw_id: String,
+    params: Result<Params, ApiError>,
+) -> Result<impl Reply, ApiError> {
+    session?;
+    let id = raw_id.parse::<AccountId>()?.to_string();
+    let params = params?;
+    let before = match query::text(&params, "before") {
+        Some(raw) => Some(
+            uuid::Uuid::parse_str(raw)
+                .map_err(|_| ApiError::BadRequest("before must be a nextCursor from an earlier page".into()))?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let limit = query::limit(&params, 50, 200)?;
+    let rows = state
+        .db
+        .read(move |conn| {
+            accounts::get(conn, &id)?;
+            accounts::ledger(conn, &id, before.as_deref(), limit + 1)
+        })
+        .await?;
+    let (entries, more) = query::page(rows, limit);
+    let next = more.then(|| entries.last().map(|e| e.id.clone())).flatten();
+    Ok(warp::reply::json(&json!({ "entries": entries, "nextCursor": next })))
+}
+
+/// The guide's request body: `amount` as a decimal string (or number), signed.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Adjustment {
+    amount: Money,
+    fund_type: FundType,
+    notes: Option<String>,
+}
+
+/// `POST /api/accounts/:id/adjust-balance` (admins). A debit beyond the fund is refused with
+/// the insufficient-funds body, changes nothing, and is audited as a failure.
+async fn adjust_balance(state: AppState, session: Session, raw_id: String, body: Body) -> Result<impl Reply, ApiError> {
+    let session = session?;
+    let id = raw_id.parse::<AccountId>()?.to_string();
+    let entry = Audit::new(session.actor(), actions::BALANCE_ADJUST, audit::target("account", &id)).ip(&session.ip);
+    let result = async {
+        session.require_admin()?;
+        let req: Adjustment = parse_json(&body?)?;
+        let notes = req.notes.unwrap_or_default().trim().to_string();
+        if notes.chars().count() > MAX_NOTES_CHARS {
+            return Err(ApiError::BadRequest(format!(
+                "notes must be at most {MAX_NOTES_CHARS} characters"
+            )));
+        }
+        if req.amount.is_zero() {
+            return Err(ApiError::BadRequest("amount must not be zero".into()));
+        }
+        let change = BalanceChange {
+            account_id: id,
+            fund: req.fund_type,
+            amount: req.amount,
+            reason: Reason::Adjustment,
+            notes: notes.clone(),
+            actor: session.actor(),
+            external_ref: None,
+        };
+        let entry = entry.clone().detail("notes", notes);
+        let write = move |tx: &rusqlite::Transaction| accounts::apply_balance_change(tx, &change, entry);
+        Ok(state.db.write(write).await?.0)
+    }
+    .await;
+    let account = audited(&state, entry, result).await?;
+    Ok(warp::reply::json(&AccountView::from(account)))
+}
+
+#[derive(Deserialize)]
+struct LeverageChange {
+    leverage: Leverage,
+}
+
+/// `PATCH /api/accounts/:id/leverage` `{leverage: 1-500}` (admins); audited with from and to.
+async fn set_leverage(state: AppState, session: Session, raw_id: String, body: Body) -> Result<impl Reply, ApiError> {
+    let session = session?;
+    let id = raw_id.parse::<AccountId>()?.to_string();
+    let entry = Audit::new(session.actor(), actions::LEVERAGE_CHANGE, audit::target("account", &id)).ip(&session.ip);
+    let result = async {
+        session.require_admin()?;
+        let req: LeverageChange = parse_json(&body?)?;
+        let entry = entry.clone();
+        Ok(state
+            .db
+            .write(move |tx| {
+                let before = accounts::get(tx, &id)?;
+                let account = accounts::set_leverage(tx, &id, req.leverage)?;
+                let details = json!({ "from": before.leverage, "to": account.leverage });
+                audit::append(tx, &entry.details(details))?;
+                Ok(account)
+            })
+            .await?)
+    }
+    .await;
+    let account = audited(&state, entry, result).await?;
+    Ok(warp::reply::json(&AccountView::from(account)))
+}

@@ -1,0 +1,88 @@
+//! `POST /api/clients/:id/impersonate` (guide, section 3): an admin gets a 15-minute SSO token
+//! for the Trading Platform, signed with `SSO_SECRET`, with exactly the guide's payload
+//! `{clientEmail, impersonatedBy, iat, exp}`. The session row and the audit entry are written in
+//! the same transaction; the token itself is never stored or logged.
+
+use serde_json::json;
+use warp::filters::BoxedFilter;
+use warp::{Filter, Reply};
+
+use super::auth::{self, StaffSession};
+use super::error::{respond, ApiError};
+use super::refusals::audited;
+use super::{with_state, AppState};
+use crate::domain::ClientId;
+use crate::security::tokens;
+use crate::store::audit::{self, actions, Audit};
+use crate::store::sso::{self, SsoSession};
+use crate::store::{clients, now, StoreError};
+
+pub fn routes(state: AppState) -> BoxedFilter<(warp::reply::Response,)> {
+    warp::path!("api" / "clients" / String / "impersonate")
+        .and(warp::post())
+        .and(with_state(state.clone()))
+        .and(auth::staff(state))
+        .then(|id, state, session| async move { respond(impersonate(state, session, id).await) })
+        .boxed()
+}
+
+async fn impersonate(
+    state: AppState,
+    session: Result<StaffSession, ApiError>,
+    raw_id: String,
+) -> Result<impl Reply, ApiError> {
+    let session = session?;
+    let id = raw_id.parse::<ClientId>()?.to_string();
+    let entry = Audit::new(session.actor(), actions::IMPERSONATE, audit::target("client", &id))
+        .ip(&session.ip)
+        .detail("staffEmail", session.user.email.clone());
+    let result = match session.require_admin() {
+        Ok(()) => start_session(&state, &session, id, entry.clone()).await,
+        Err(e) => Err(e),
+    };
+    let (token, claims) = audited(&state, entry, result).await?;
+    let base = state.settings.trading_platform_url.trim_end_matches('/');
+    let url = format!("{base}/sso/impersonate?token={token}");
+    Ok(warp::reply::json(
+        &json!({ "ssoToken": token, "ssoUrl": url, "expiresIn": claims.exp - claims.iat }),
+    ))
+}
+
+/// Issues the token for the client's email and records the session, in one transaction.
+async fn start_session(
+    state: &AppState,
+    session: &StaffSession,
+    client_id: String,
+    entry: Audit,
+) -> Result<(String, tokens::SsoClaims), ApiError> {
+    let secret = state.secrets.sso.clone();
+    let (staff_id, staff_email) = (session.user.id.clone(), session.user.email.clone());
+    Ok(state
+        .db
+        .write(move |tx| {
+            let client = clients::get(tx, &client_id)?;
+            let (token, claims) = tokens::issue_sso(secret.bytes(), &client.email, &staff_email)?;
+            let row = SsoSession {
+                id: uuid::Uuid::new_v4().to_string(),
+                client_id: client.id.clone(),
+                staff_id,
+                staff_email,
+                issued_at: now(),
+                expires_at: rfc3339(claims.exp)?,
+            };
+            sso::insert(tx, &row)?;
+            let entry = entry
+                .detail("clientEmail", client.email.clone())
+                .detail("sessionId", row.id.clone())
+                .detail("expiresAt", row.expires_at.clone());
+            audit::append(tx, &entry)?;
+            Ok((token, claims))
+        })
+        .await?)
+}
+
+fn rfc3339(epoch_secs: i64) -> Result<String, StoreError> {
+    chrono::DateTime::from_timestamp(epoch_secs, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .ok_or_else(|| StoreError::Other(anyhow::anyhow!("SSO expiry out of range")))
+}

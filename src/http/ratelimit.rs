@@ -1,0 +1,130 @@
+//! The service API's per-caller rate limit (guide, "Service API Security": 100 requests per
+//! minute by default, `CRM_SERVICE_RATE_LIMIT`, `0` switches it off).
+//!
+//! A caller is the token that authenticated it, or its IP address when it has none, so guessing
+//! the token is limited as well.
+
+use std::num::NonZeroU32;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use governor::clock::Clock;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+/// How often keys that have fully recovered are forgotten: governor keeps every key it has seen
+/// until told otherwise, and an unauthenticated flood brings a new key per address.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+pub struct Limiter {
+    calls: DefaultKeyedRateLimiter<String>,
+    /// One audit notice per caller per minute while it is being refused, so a flood of refused
+    /// requests does not turn into a flood of audit rows.
+    notices: DefaultKeyedRateLimiter<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    Limited {
+        retry_after_secs: u64,
+        /// The first refusal in a while: worth an audit entry.
+        notify: bool,
+    },
+}
+
+impl Limiter {
+    /// `None` when `per_minute` is 0 (no limit).
+    pub fn per_minute(per_minute: u32) -> Option<Arc<Limiter>> {
+        let n = NonZeroU32::new(per_minute)?;
+        Some(Arc::new(Limiter {
+            calls: RateLimiter::keyed(Quota::per_minute(n)),
+            notices: RateLimiter::keyed(Quota::per_minute(NonZeroU32::MIN)),
+        }))
+    }
+
+    pub fn check(&self, key: &str) -> Verdict {
+        let key = key.to_string();
+        match self.calls.check_key(&key) {
+            Ok(()) => Verdict::Allowed,
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(self.calls.clock().now());
+                Verdict::Limited {
+                    // Rounded up, and never 0: "retry after 0 seconds" invites a busy loop.
+                    retry_after_secs: (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1),
+                    notify: self.notices.check_key(&key).is_ok(),
+                }
+            }
+        }
+    }
+
+    /// Forgets callers whose allowance is full again.
+    pub fn retain_recent(&self) {
+        self.calls.retain_recent();
+        self.notices.retain_recent();
+        self.calls.shrink_to_fit();
+        self.notices.shrink_to_fit();
+    }
+
+    /// Callers currently remembered.
+    pub fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+
+    /// Sweeps forgotten callers every minute for as long as the limiter is in use. Does nothing
+    /// outside a tokio runtime (the limiter then lives only as long as a test that builds it).
+    pub fn spawn_sweeper(limiter: &Arc<Limiter>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak: Weak<Limiter> = Arc::downgrade(limiter);
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(limiter) => limiter.retain_recent(),
+                    None => break,
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_means_no_limit() {
+        assert!(Limiter::per_minute(0).is_none());
+    }
+
+    #[test]
+    fn a_caller_beyond_its_allowance_is_told_when_to_retry_and_others_are_unaffected() {
+        let limiter = Limiter::per_minute(3).unwrap();
+        for _ in 0..3 {
+            assert_eq!(limiter.check("token:current"), Verdict::Allowed);
+        }
+        let Verdict::Limited {
+            retry_after_secs,
+            notify,
+        } = limiter.check("token:current")
+        else {
+            panic!("the fourth call within a minute must be refused");
+        };
+        // One call comes back every 20 seconds at 3 per minute.
+        assert!((1..=20).contains(&retry_after_secs), "{retry_after_secs}");
+        assert!(notify, "the first refusal is audited");
+        assert!(
+            matches!(limiter.check("token:current"), Verdict::Limited { notify: false, .. }),
+            "later refusals in the same minute are not audited again"
+        );
+        assert_eq!(limiter.check("ip:10.0.0.1"), Verdict::Allowed);
+        assert_eq!(limiter.len(), 2);
+    }
+}

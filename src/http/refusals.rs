@@ -1,0 +1,32 @@
+//! Auditing of refused staff actions. The guide asks to "log all impersonation attempts", and a
+//! refused money movement or staff change matters as much as one that went through, so the
+//! admin-only actions record their refusals too, each in its own transaction.
+
+use super::error::ApiError;
+use super::AppState;
+use crate::store::audit::{self, Audit};
+
+/// Returns `result` unchanged, after auditing it as a failure of `entry` when it was refused.
+/// Outages (500, 503) are not recorded: the database is what failed.
+pub async fn audited<T>(state: &AppState, entry: Audit, result: Result<T, ApiError>) -> Result<T, ApiError> {
+    if let Err(e) = &result {
+        if !matches!(e, ApiError::Internal(_) | ApiError::Unavailable) {
+            let mut failed = entry
+                .failed()
+                .detail("status", e.status().as_u16())
+                .detail("error", e.public_message());
+            if let ApiError::InsufficientFunds {
+                required, available, ..
+            } = e
+            {
+                failed = failed
+                    .detail("required", required.to_string())
+                    .detail("available", available.to_string());
+            }
+            if let Err(audit_error) = state.db.write(move |tx| audit::append(tx, &failed)).await {
+                tracing::error!(error = %audit_error, "could not audit a refused staff action");
+            }
+        }
+    }
+    result
+}

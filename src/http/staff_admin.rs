@@ -1,0 +1,207 @@
+//! Staff management for admins: list, create, change role or disable, reset a password.
+//! Generated passwords are returned once and never stored in clear or logged.
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::{Filter, Reply};
+
+use super::auth::{self, StaffSession};
+use super::body::{self, parse_json};
+use super::error::{respond, ApiError};
+use super::refusals::audited;
+use super::{with_state, AppState};
+use crate::domain::{Email, Role, StaffId};
+use crate::security::{password, random_password};
+use crate::store::audit::{self, actions, Audit};
+use crate::store::staff::{self, StaffUser};
+use crate::store::{run_blocking, StoreError};
+
+const MAX_NAME_CHARS: usize = 200;
+
+type Session = Result<StaffSession, ApiError>;
+type Body = Result<Bytes, ApiError>;
+
+pub fn routes(state: AppState) -> BoxedFilter<(warp::reply::Response,)> {
+    let s = || with_state(state.clone()).and(auth::staff(state.clone()));
+    let list = warp::path!("api" / "staff")
+        .and(warp::get())
+        .and(s())
+        .then(|st, se| async move { respond(list(st, se).await) });
+    let create = warp::path!("api" / "staff")
+        .and(warp::post())
+        .and(s())
+        .and(body::raw(body::DEFAULT_LIMIT))
+        .then(|st, se, b| async move { respond(create(st, se, b).await) });
+    let update = warp::path!("api" / "staff" / String)
+        .and(warp::patch())
+        .and(s())
+        .and(body::raw(body::DEFAULT_LIMIT))
+        .then(|id, st, se, b| async move { respond(update(st, se, id, b).await) });
+    let reset = warp::path!("api" / "staff" / String / "reset-password")
+        .and(warp::post())
+        .and(s())
+        .then(|id, st, se| async move { respond(reset_password(st, se, id).await) });
+    list.or(create).unify().or(update).unify().or(reset).unify().boxed()
+}
+
+async fn list(state: AppState, session: Session) -> Result<impl Reply, ApiError> {
+    session?.require_admin()?;
+    let staff = state.db.read(staff::list).await?;
+    Ok(warp::reply::json(&json!({ "staff": staff })))
+}
+
+#[derive(Deserialize)]
+struct NewStaff {
+    email: Email,
+    name: String,
+    role: Role,
+    password: Option<String>,
+}
+
+/// `POST /api/staff` → 201 `{"user", "password"?}`: the password only when it was generated.
+async fn create(state: AppState, session: Session, body: Body) -> Result<impl Reply, ApiError> {
+    let session = session?;
+    session.require_admin()?;
+    let req: NewStaff = parse_json(&body?)?;
+    let name = req.name.trim().to_string();
+    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+        return Err(ApiError::BadRequest(format!(
+            "name must be 1 to {MAX_NAME_CHARS} characters"
+        )));
+    }
+    let (pw, generated) = match req.password {
+        Some(pw) => (pw, false),
+        None => (random_password(), true),
+    };
+    password::check_strength(&pw).map_err(ApiError::BadRequest)?;
+    let hash = hash_off_thread(pw.clone()).await?;
+    let entry = Audit::new(
+        session.actor(),
+        actions::STAFF_CREATE,
+        audit::target("staff", &req.email),
+    )
+    .ip(&session.ip)
+    .detail("role", req.role.as_str());
+    let user = state
+        .db
+        .write(move |tx| {
+            let user = staff::insert(tx, &req.email, &name, req.role, &hash)?;
+            audit::append(tx, &entry)?;
+            Ok(user)
+        })
+        .await?;
+    let body = if generated {
+        json!({ "user": user, "password": pw })
+    } else {
+        json!({ "user": user })
+    };
+    Ok(warp::reply::with_status(warp::reply::json(&body), StatusCode::CREATED))
+}
+
+#[derive(Deserialize)]
+struct StaffChange {
+    role: Option<Role>,
+    disabled: Option<bool>,
+}
+
+/// `PATCH /api/staff/:id` `{role?, disabled?}` → `{"user"}`. Nobody may disable or demote
+/// themselves, and the last active admin stays one (409), so the CRM always has an admin.
+async fn update(state: AppState, session: Session, raw_id: String, body: Body) -> Result<impl Reply, ApiError> {
+    let session = session?;
+    let id = raw_id.parse::<StaffId>()?.to_string();
+    let entry = Audit::new(session.actor(), actions::STAFF_UPDATE, staff_target(&state, &id).await).ip(&session.ip);
+    let result = async {
+        session.require_admin()?;
+        let req: StaffChange = parse_json(&body?)?;
+        if req.role.is_none() && req.disabled.is_none() {
+            return Err(ApiError::BadRequest("give role, disabled or both".into()));
+        }
+        let me = session.user.id.clone();
+        let entry = entry.clone();
+        Ok(state
+            .db
+            .write(move |tx| apply_change(tx, &me, &id, &req, entry))
+            .await?)
+    }
+    .await;
+    let user = audited(&state, entry, result).await?;
+    Ok(warp::reply::json(&json!({ "user": user })))
+}
+
+fn apply_change(
+    tx: &rusqlite::Connection,
+    me: &str,
+    id: &str,
+    req: &StaffChange,
+    entry: Audit,
+) -> Result<StaffUser, StoreError> {
+    let before = staff::get(tx, id)?;
+    let loses_admin = before.role.is_admin()
+        && !before.disabled
+        && (req.disabled == Some(true) || req.role.is_some_and(|r| !r.is_admin()));
+    if loses_admin && before.id == me {
+        return Err(StoreError::Conflict("You cannot disable or demote yourself".into()));
+    }
+    if loses_admin && staff::active_admin_count(tx)? <= 1 {
+        return Err(StoreError::Conflict(
+            "The last active administrator cannot be disabled or demoted".into(),
+        ));
+    }
+    let mut user = before.clone();
+    if let Some(role) = req.role {
+        user = staff::set_role(tx, id, role)?;
+    }
+    if let Some(disabled) = req.disabled {
+        user = staff::set_disabled(tx, id, disabled)?;
+    }
+    let details = json!({
+        "email": user.email,
+        "role": { "from": before.role, "to": user.role },
+        "disabled": { "from": before.disabled, "to": user.disabled },
+    });
+    audit::append(tx, &entry.details(details))?;
+    Ok(user)
+}
+
+/// `POST /api/staff/:id/reset-password` → `{"password"}`, shown once. The user's tokens stop
+/// working at once.
+async fn reset_password(state: AppState, session: Session, raw_id: String) -> Result<impl Reply, ApiError> {
+    let session = session?;
+    let id = raw_id.parse::<StaffId>()?.to_string();
+    let target = staff_target(&state, &id).await;
+    let entry = Audit::new(session.actor(), actions::STAFF_RESET_PASSWORD, target).ip(&session.ip);
+    let result = async {
+        session.require_admin()?;
+        let pw = random_password();
+        let hash = hash_off_thread(pw.clone()).await?;
+        let entry = entry.clone();
+        state
+            .db
+            .write(move |tx| {
+                staff::set_password_hash(tx, &staff::get(tx, &id)?.id, &hash)?;
+                audit::append(tx, &entry)?;
+                Ok(())
+            })
+            .await?;
+        Ok(pw)
+    }
+    .await;
+    let pw = audited(&state, entry, result).await?;
+    Ok(warp::reply::json(&json!({ "password": pw })))
+}
+
+/// `staff:<email>` as everywhere else in the log; `staff:<id>` for an id that names nobody.
+async fn staff_target(state: &AppState, id: &str) -> String {
+    let lookup = id.to_string();
+    match state.db.read(move |conn| staff::get(conn, &lookup)).await {
+        Ok(user) => audit::target("staff", user.email),
+        Err(_) => audit::target("staff", id),
+    }
+}
+
+async fn hash_off_thread(pw: String) -> Result<String, ApiError> {
+    Ok(run_blocking(move || Ok(password::hash(&pw)?)).await?)
+}

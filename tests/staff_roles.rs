@@ -1,0 +1,308 @@
+//! Who may call what: every staff route against every role and no token, and tokens that must
+//! never be accepted.
+
+mod common;
+mod staff_common;
+
+use common::*;
+use serde_json::{json, Value};
+use staff_common::*;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Who {
+    Admin,
+    Manager,
+    Agent,
+}
+
+const ALL: &[Who] = &[Who::Admin, Who::Manager, Who::Agent];
+const ADMIN: &[Who] = &[Who::Admin];
+const KYC: &[Who] = &[Who::Admin, Who::Manager];
+
+struct Route {
+    method: Method,
+    path: String,
+    body: Option<Value>,
+    allowed: &'static [Who],
+    /// The status an allowed role gets.
+    ok: u16,
+}
+
+fn route(method: Method, path: String, body: Option<Value>, allowed: &'static [Who], ok: u16) -> Route {
+    Route {
+        method,
+        path,
+        body,
+        allowed,
+        ok,
+    }
+}
+
+#[tokio::test]
+async fn every_staff_route_answers_each_role_as_the_spec_says() {
+    let app = spawn_app();
+    let admin = app.admin_token().await;
+    let (_, manager) = staff_user(&app, &admin, "manager@broker.example", "manager").await;
+    let (_, agent) = staff_user(&app, &admin, "agent@broker.example", "agent").await;
+    // Staff-management calls act on a bystander, so the role users keep their sessions.
+    let (bystander, _) = staff_user(&app, &admin, "bystander@broker.example", "agent").await;
+    let c = client(&app, "client@example.com");
+    let (cid, aid) = (&c.id, &c.account);
+
+    let routes = vec![
+        route(Method::GET, "/api/auth/me".into(), None, ALL, 200),
+        // A wrong current password: the call is allowed, the change refused, no session lost.
+        route(
+            Method::POST,
+            "/api/auth/password".into(),
+            Some(json!({ "currentPassword": "not my password", "newPassword": "a brand new password" })),
+            ALL,
+            400,
+        ),
+        route(Method::GET, "/api/clients".into(), None, ALL, 200),
+        route(Method::GET, format!("/api/clients/{cid}"), None, ALL, 200),
+        route(Method::GET, format!("/api/clients/{cid}/notes"), None, ALL, 200),
+        route(
+            Method::POST,
+            format!("/api/clients/{cid}/notes"),
+            Some(json!({ "comment": "called the client" })),
+            ALL,
+            201,
+        ),
+        route(
+            Method::PATCH,
+            format!("/api/clients/{cid}/kyc"),
+            Some(json!({ "kycStatus": "in_review" })),
+            KYC,
+            200,
+        ),
+        route(
+            Method::POST,
+            format!("/api/clients/{cid}/subaccounts"),
+            Some(json!({})),
+            ADMIN,
+            201,
+        ),
+        route(
+            Method::POST,
+            format!("/api/clients/{cid}/impersonate"),
+            None,
+            ADMIN,
+            200,
+        ),
+        route(Method::GET, format!("/api/accounts/{aid}"), None, ALL, 200),
+        route(Method::GET, format!("/api/accounts/{aid}/ledger"), None, ALL, 200),
+        route(
+            Method::POST,
+            format!("/api/accounts/{aid}/adjust-balance"),
+            Some(json!({ "amount": "1.00", "fundType": "demo" })),
+            ADMIN,
+            200,
+        ),
+        route(
+            Method::PATCH,
+            format!("/api/accounts/{aid}/leverage"),
+            Some(json!({ "leverage": 200 })),
+            ADMIN,
+            200,
+        ),
+        route(Method::GET, "/api/audit".into(), None, KYC, 200),
+        route(Method::GET, "/api/audit.csv".into(), None, KYC, 200),
+        route(Method::GET, "/api/staff".into(), None, ADMIN, 200),
+        route(
+            Method::POST,
+            "/api/staff".into(),
+            Some(json!({ "email": "new@broker.example", "name": "New", "role": "agent" })),
+            ADMIN,
+            201,
+        ),
+        route(
+            Method::PATCH,
+            format!("/api/staff/{bystander}"),
+            Some(json!({ "role": "manager" })),
+            ADMIN,
+            200,
+        ),
+        route(
+            Method::POST,
+            format!("/api/staff/{bystander}/reset-password"),
+            None,
+            ADMIN,
+            200,
+        ),
+    ];
+
+    for r in &routes {
+        let (status, body) = call(&app, r, None).await;
+        assert_eq!(status, 401, "{} {} without a token: {body}", r.method, r.path);
+        for who in [Who::Admin, Who::Manager, Who::Agent] {
+            let token = match who {
+                Who::Admin => &admin,
+                Who::Manager => &manager,
+                Who::Agent => &agent,
+            };
+            let (status, body) = call(&app, r, Some(token)).await;
+            let expected = if r.allowed.contains(&who) { r.ok } else { 403 };
+            assert_eq!(status, expected, "{} {} as {who:?}: {body}", r.method, r.path);
+            if status >= 400 {
+                assert!(body["error"].is_string(), "{body}");
+            }
+        }
+    }
+}
+
+async fn call(app: &TestApp, r: &Route, token: Option<&str>) -> (u16, Value) {
+    let mut req = app.http.request(r.method.clone(), app.url(&r.path));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = &r.body {
+        req = req.json(b);
+    }
+    into_parts(req.send().await.unwrap()).await
+}
+
+#[tokio::test]
+async fn refused_admin_actions_are_audited_as_failures() {
+    let app = spawn_app();
+    let admin = app.admin_token().await;
+    let (_, manager) = staff_user(&app, &admin, "manager@broker.example", "manager").await;
+    let c = client(&app, "client@example.com");
+    let path = format!("/api/clients/{}/impersonate", c.id);
+    assert_eq!(app.staff(Method::POST, &path, &manager, None).await.0, 403);
+    let rows = audit_rows(&app, "sso.impersonate");
+    assert_eq!(rows.len(), 1);
+    let (actor, target, outcome, details) = &rows[0];
+    assert_eq!(actor, "staff:manager@broker.example");
+    assert_eq!(target, &format!("client:{}", c.id));
+    assert_eq!(outcome, "failure");
+    assert_eq!(details["status"], 403);
+}
+
+#[tokio::test]
+async fn forged_expired_and_foreign_tokens_are_all_refused() {
+    let app = spawn_app();
+    let admin = app.admin_token().await;
+    let (_, me) = app.login_as(&app.admin_email, &app.admin_password).await;
+    let admin_id = me["user"]["id"].as_str().unwrap().to_string();
+    let now = now_secs();
+    let valid_claims = staff_claims(&admin_id, "admin", now, now + 3600);
+    let jwt_secret = app.secrets.jwt.as_bytes();
+
+    // The control: a token made exactly like the server's is accepted, so the refusals below
+    // are about what was changed, not about the test's own signing.
+    let control = jwt(&hs256_header(), &valid_claims, jwt_secret);
+    assert_eq!(app.staff(Method::GET, "/api/auth/me", &control, None).await.0, 200);
+
+    let c = client(&app, "client@example.com");
+    let (_, sso) = app
+        .staff(
+            Method::POST,
+            &format!("/api/clients/{}/impersonate", c.id),
+            &admin,
+            None,
+        )
+        .await;
+    let sso_token = sso["ssoToken"].as_str().unwrap().to_string();
+
+    let (agent_id, agent) = staff_user(&app, &admin, "agent@broker.example", "agent").await;
+    let (status, _) = app
+        .staff(
+            Method::PATCH,
+            &format!("/api/staff/{agent_id}"),
+            &admin,
+            Some(json!({ "disabled": true })),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    let none_header = b64(br#"{"alg":"none","typ":"JWT"}"#);
+    let none_body = b64(valid_claims.to_string().as_bytes());
+    let random_key = random_hex();
+    let mut wrong_issuer = valid_claims.clone();
+    wrong_issuer["iss"] = json!("someone-else");
+    let mut not_staff = valid_claims.clone();
+    not_staff["typ"] = json!("sso");
+    let mut escalated = valid_claims.clone();
+    escalated["role"] = json!("manager");
+
+    let cases: Vec<(String, &str)> = vec![
+        (format!("{none_header}.{none_body}."), "alg none, unsigned"),
+        (
+            jwt(&json!({ "alg": "none", "typ": "JWT" }), &valid_claims, jwt_secret),
+            "alg none with a signature",
+        ),
+        (
+            jwt(&hs256_header(), &valid_claims, app.secrets.sso.as_bytes()),
+            "signed with the SSO secret",
+        ),
+        (
+            jwt(
+                &hs256_header(),
+                &staff_claims(&admin_id, "admin", now - 7200, now - 1),
+                jwt_secret,
+            ),
+            "expired",
+        ),
+        (sso_token, "an SSO token presented as a staff token"),
+        (agent, "token of a disabled user"),
+        (
+            jwt(&hs256_header(), &valid_claims, random_key.as_bytes()),
+            "signed with a random key",
+        ),
+        (jwt(&hs256_header(), &wrong_issuer, jwt_secret), "another issuer"),
+        (jwt(&hs256_header(), &not_staff, jwt_secret), "not a staff token type"),
+        (
+            jwt(&hs256_header(), &escalated, jwt_secret),
+            "a role the user does not have",
+        ),
+        (
+            jwt(
+                &hs256_header(),
+                &staff_claims(&uuid::Uuid::new_v4().to_string(), "admin", now, now + 60),
+                jwt_secret,
+            ),
+            "a user who does not exist",
+        ),
+        (control[..control.len() - 2].to_string(), "a truncated signature"),
+        ("not.a.token".into(), "garbage"),
+    ];
+    for (token, why) in cases {
+        for path in ["/api/auth/me", "/api/staff"] {
+            let (status, body) = app.staff(Method::GET, path, &token, None).await;
+            assert_eq!(status, 401, "{why} on {path}: {body}");
+            assert_eq!(body["error"], "Authentication required: log in again");
+        }
+    }
+    for header in ["Basic YWRtaW46YWRtaW4=", "Bearer", "Bearer ", &control] {
+        let resp = app
+            .http
+            .get(app.url("/api/auth/me"))
+            .header("authorization", header)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            401,
+            "{header:?}: the token must follow the Bearer scheme"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tokens_signed_with_the_previous_jwt_secret_work_during_rotation() {
+    let old = random_hex();
+    let app = spawn_with(Spawn::default().env("JWT_SECRET_PREVIOUS", &old));
+    let (_, me) = app.login_as(&app.admin_email, &app.admin_password).await;
+    let id = me["user"]["id"].as_str().unwrap();
+    let now = now_secs();
+    let token = jwt(
+        &hs256_header(),
+        &staff_claims(id, "admin", now, now + 60),
+        old.as_bytes(),
+    );
+    let (status, body) = app.staff(Method::GET, "/api/auth/me", &token, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["email"], "admin@crm.local");
+}
