@@ -3,6 +3,8 @@
 //! The load generator shares the machine with the server, so it must cost as little CPU as
 //! possible per request: requests are pre-rendered bytes, one `write_all`, and the response is
 //! parsed just enough to get the status and the body (Content-Length or chunked).
+// Shared by the `bench` and `scale` examples; each uses only part of it.
+#![allow(dead_code)]
 
 use std::io;
 

@@ -1,5 +1,7 @@
 //! Starting the real release binary with a temporary database and generated secrets, and
 //! reading its memory and CPU use from /proc.
+// Shared by the `bench` and `scale` examples; each uses only part of it.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
