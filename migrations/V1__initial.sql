@@ -94,6 +94,9 @@ CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 
 -- Every webhook attempt, rejected ones too, with its raw body (bounded for unsigned ones).
+-- `signature` is the secret that verified the body, or 'invalid' when none did (missing, wrong, or
+-- the body was refused before it could be checked). A re-processing run is a new row whose
+-- `reprocess_of` names the original; the original keeps its outcome and gets `reprocessed_at/by`.
 CREATE TABLE webhook_events (
     seq            INTEGER PRIMARY KEY AUTOINCREMENT,
     id             TEXT NOT NULL UNIQUE,
@@ -112,9 +115,12 @@ CREATE TABLE webhook_events (
     ip             TEXT NOT NULL DEFAULT '',
     duration_ms    INTEGER NOT NULL DEFAULT 0,
     reprocessed_at TEXT,
-    reprocessed_by TEXT
+    reprocessed_by TEXT,
+    reprocess_of   TEXT REFERENCES webhook_events (id)
 );
 CREATE INDEX webhook_events_by_received ON webhook_events (received_at);
+-- Unverified rows are capped (oldest pruned) and rate-audited by their receipt time.
+CREATE INDEX webhook_events_by_signature ON webhook_events (signature, received_at);
 CREATE INDEX webhook_events_by_status ON webhook_events (status, seq);
 CREATE INDEX webhook_events_by_client ON webhook_events (client_id, seq);
 

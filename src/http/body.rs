@@ -75,7 +75,8 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let msg = strip_position(&inner.to_string());
-        if path.is_empty() || path == "." {
+        // serde_path_to_error writes "?" where a syntax error left no field to name.
+        if path.is_empty() || path == "." || path == "?" {
             ApiError::BadRequest(format!("invalid JSON body: {msg}"))
         } else {
             ApiError::BadRequest(format!("{path}: {msg}"))

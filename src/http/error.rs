@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 
 use serde_json::json;
+use serde_json::value::RawValue;
 use warp::http::{header, StatusCode};
 use warp::reply::{Reply, Response};
 use warp::Rejection;
@@ -102,20 +103,40 @@ impl ApiError {
         }
     }
 
-    pub fn body(&self) -> serde_json::Value {
-        match self {
+    /// The JSON body, with fields in the order the guide shows them (`error`, `required`,
+    /// `available`), which a `serde_json::Value` map would sort.
+    pub fn body(&self) -> Box<RawValue> {
+        let body = match self {
             ApiError::InsufficientFunds {
                 message,
                 required,
                 available,
-            } => json!({
-                "error": message,
-                "required": required.to_json_number(),
-                "available": available.to_json_number(),
-            }),
-            other => json!({ "error": other.public_message() }),
-        }
+            } => ErrorBody {
+                error: message.clone(),
+                required: Some(required.to_json_number()),
+                available: Some(available.to_json_number()),
+            },
+            other => ErrorBody {
+                error: other.public_message(),
+                required: None,
+                available: None,
+            },
+        };
+        serde_json::value::to_raw_value(&body).unwrap_or_else(|_| fallback_body())
     }
+}
+
+#[derive(serde::Serialize)]
+struct ErrorBody {
+    error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    required: Option<serde_json::Number>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    available: Option<serde_json::Number>,
+}
+
+fn fallback_body() -> Box<RawValue> {
+    RawValue::from_string(r#"{"error":"Internal server error"}"#.to_string()).unwrap_or_default()
 }
 
 impl Reply for ApiError {
@@ -186,4 +207,28 @@ fn api_error_response(e: &ApiError) -> Response {
 
 fn status_json(status: StatusCode, message: &str) -> Response {
     warp::reply::with_status(warp::reply::json(&json!({ "error": message })), status).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_insufficient_funds_body_is_byte_for_byte_the_guides() {
+        let e = ApiError::InsufficientFunds {
+            message: "Insufficient real funds for withdrawal".into(),
+            required: Money::parse("500").unwrap(),
+            available: Money::parse("250").unwrap(),
+        };
+        assert_eq!(
+            e.body().get(),
+            r#"{"error":"Insufficient real funds for withdrawal","required":500.00,"available":250.00}"#
+        );
+    }
+
+    #[test]
+    fn internal_errors_tell_the_client_nothing() {
+        let e = ApiError::Internal(anyhow::anyhow!("disk /dev/sda1 exploded at 0xdeadbeef"));
+        assert_eq!(e.body().get(), r#"{"error":"Internal server error"}"#);
+    }
 }

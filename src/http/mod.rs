@@ -20,6 +20,7 @@ mod staff_admin;
 mod staff_auth;
 pub mod throttle;
 pub mod views;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -117,7 +118,8 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl warp::Reply,), Err
         impersonate::routes(state.clone()),
         accounts::routes(state.clone()),
         audit_log::routes(state.clone()),
-        staff_admin::routes(state),
+        staff_admin::routes(state.clone()),
+        webhooks::routes(state),
     ];
     let api = surfaces
         .into_iter()

@@ -50,6 +50,9 @@ pub mod actions {
     /// A role change or (re-)enabling; details `{role: {from, to}, disabled: {from, to}}`.
     pub const STAFF_UPDATE: &str = "staff.update";
     pub const STAFF_RESET_PASSWORD: &str = "staff.reset_password";
+    /// A webhook whose event could not be read (malformed JSON, unknown event, body too large).
+    pub const WEBHOOK_REJECTED: &str = "webhook.rejected";
+    pub const CURRENCY_CHANGE: &str = "account.currency";
 }
 
 /// Targets are written `client:<uuid>`, `account:<uuid>`, `staff:<email>`, `webhook:<attempt id>`.

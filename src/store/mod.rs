@@ -12,6 +12,7 @@ pub mod notes;
 pub mod secret_history;
 pub mod sso;
 pub mod staff;
+pub mod webhooks;
 
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};

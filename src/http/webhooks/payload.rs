@@ -1,0 +1,383 @@
+//! The webhook body `{"event", "data", "timestamp", "id"?}` parsed into typed events. Every
+//! field is validated here, and every error names the field (`data.amount: ...`).
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::fields::{AccountRef, Currency, Name, Notes, Phone, Positive, Reference, Timestamp};
+use crate::domain::{Email, KycStatus, Leverage, Money};
+use crate::http::body::parse_json;
+use crate::http::error::ApiError;
+use crate::store::clients::Contact;
+
+/// The guide's five events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventName {
+    ClientRegistered,
+    DepositCompleted,
+    WithdrawalCompleted,
+    KycUpdated,
+    AccountUpdated,
+}
+
+impl EventName {
+    const ALL: [EventName; 5] = [
+        EventName::ClientRegistered,
+        EventName::DepositCompleted,
+        EventName::WithdrawalCompleted,
+        EventName::KycUpdated,
+        EventName::AccountUpdated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventName::ClientRegistered => "client.registered",
+            EventName::DepositCompleted => "deposit.completed",
+            EventName::WithdrawalCompleted => "withdrawal.completed",
+            EventName::KycUpdated => "kyc.updated",
+            EventName::AccountUpdated => "account.updated",
+        }
+    }
+
+    fn parse(s: &str) -> Result<EventName, ApiError> {
+        EventName::ALL.into_iter().find(|e| e.as_str() == s).ok_or_else(|| {
+            let known: Vec<&str> = EventName::ALL.iter().map(|e| e.as_str()).collect();
+            ApiError::BadRequest(format!(
+                "event: unknown event '{}'; expected one of {}",
+                clip(s),
+                known.join(", ")
+            ))
+        })
+    }
+}
+
+/// A signed webhook, fully parsed.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub name: EventName,
+    /// The optional `id` the Trading Platform gives each event.
+    pub id: Option<String>,
+    pub timestamp: String,
+    /// `data` as received, for the content hash that tells a retry from a reused id.
+    pub data: Value,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    Register(Registration),
+    Deposit(Movement),
+    Withdraw(Movement),
+    Kyc(KycChange),
+    UpdateAccount(AccountChange),
+}
+
+impl Action {
+    /// Money events carry the platform's transaction id; it is their ledger reference.
+    pub fn transaction_id(&self) -> Option<&str> {
+        match self {
+            Action::Deposit(m) | Action::Withdraw(m) => Some(&m.transaction_id),
+            _ => None,
+        }
+    }
+
+    pub fn client(&self) -> ClientRef {
+        match self {
+            Action::Register(r) => ClientRef {
+                email: Some(r.email.clone()),
+                platform_id: r.platform_id.clone(),
+            },
+            Action::Deposit(m) | Action::Withdraw(m) => m.who.clone(),
+            Action::Kyc(k) => k.who.clone(),
+            Action::UpdateAccount(a) => a.who.clone(),
+        }
+    }
+}
+
+/// How an event names its client: `data.email` or `data.clientId` (the platform's id).
+#[derive(Debug, Clone)]
+pub struct ClientRef {
+    pub email: Option<Email>,
+    pub platform_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub platform_id: Option<String>,
+    pub email: Email,
+    pub contact: Contact,
+    pub currency: Option<String>,
+    pub leverage: Option<Leverage>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Movement {
+    pub who: ClientRef,
+    /// Always positive: the event says which way it moves.
+    pub amount: Money,
+    pub currency: Option<String>,
+    pub transaction_id: String,
+    pub account_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct KycChange {
+    pub who: ClientRef,
+    pub status: KycStatus,
+    pub notes: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AccountChange {
+    pub who: ClientRef,
+    /// Only with `data.clientId`: then `data.email` is the client's new address.
+    pub new_email: Option<Email>,
+    pub contact: Contact,
+    pub account_id: Option<String>,
+    pub leverage: Option<Leverage>,
+    pub currency: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    event: String,
+    data: Map<String, Value>,
+    timestamp: Timestamp,
+    #[serde(default)]
+    id: Option<Reference>,
+}
+
+/// Parses a signed body. Errors are 400s naming the field.
+pub fn parse(raw: &[u8]) -> Result<Event, ApiError> {
+    let envelope: Envelope = parse_json(raw)?;
+    let name = EventName::parse(&envelope.event)?;
+    let data = Value::Object(envelope.data);
+    let action = match name {
+        EventName::ClientRegistered => Action::Register(parse_data::<RegisteredData>(&data)?.into()),
+        EventName::DepositCompleted => Action::Deposit(parse_data::<MoneyData>(&data)?.try_into()?),
+        EventName::WithdrawalCompleted => Action::Withdraw(parse_data::<MoneyData>(&data)?.try_into()?),
+        EventName::KycUpdated => Action::Kyc(parse_data::<KycData>(&data)?.try_into()?),
+        EventName::AccountUpdated => Action::UpdateAccount(parse_data::<AccountData>(&data)?.try_into()?),
+    };
+    Ok(Event {
+        name,
+        id: envelope.id.map(|r| r.0),
+        timestamp: envelope.timestamp.0,
+        data,
+        action,
+    })
+}
+
+/// The event name of a body that may not be valid at all, for the attempt log only.
+pub fn peek_event(raw: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct Peek {
+        event: String,
+    }
+    serde_json::from_slice::<Peek>(raw)
+        .map(|p| p.event.chars().take(64).filter(|c| !c.is_control()).collect())
+        .unwrap_or_default()
+}
+
+fn parse_data<T: serde::de::DeserializeOwned>(data: &Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(data).map_err(|e| {
+        let path = e.path().to_string();
+        let msg = e.into_inner().to_string();
+        if path.is_empty() || path == "." {
+            ApiError::BadRequest(format!("data: {msg}"))
+        } else {
+            ApiError::BadRequest(format!("data.{path}: {msg}"))
+        }
+    })
+}
+
+fn who(email: Option<Email>, platform_id: Option<Reference>) -> Result<ClientRef, ApiError> {
+    if email.is_none() && platform_id.is_none() {
+        return Err(ApiError::BadRequest(
+            "data: data.email or data.clientId is required to find the client".into(),
+        ));
+    }
+    Ok(ClientRef {
+        email,
+        platform_id: platform_id.map(|r| r.0),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RegisteredData {
+    client_id: Option<Reference>,
+    email: Email,
+    first_name: Option<Name>,
+    last_name: Option<Name>,
+    phone: Option<Phone>,
+    currency: Option<Currency>,
+    leverage: Option<Leverage>,
+}
+
+impl From<RegisteredData> for Registration {
+    fn from(d: RegisteredData) -> Registration {
+        Registration {
+            platform_id: d.client_id.map(|r| r.0),
+            email: d.email,
+            contact: Contact {
+                first_name: d.first_name.map(|n| n.0),
+                last_name: d.last_name.map(|n| n.0),
+                phone: d.phone.map(|p| p.0),
+            },
+            currency: d.currency.map(|c| c.0),
+            leverage: d.leverage,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MoneyData {
+    email: Option<Email>,
+    client_id: Option<Reference>,
+    amount: Positive,
+    currency: Option<Currency>,
+    transaction_id: Reference,
+    account_id: Option<AccountRef>,
+}
+
+impl TryFrom<MoneyData> for Movement {
+    type Error = ApiError;
+    fn try_from(d: MoneyData) -> Result<Movement, ApiError> {
+        Ok(Movement {
+            who: who(d.email, d.client_id)?,
+            amount: d.amount.0,
+            currency: d.currency.map(|c| c.0),
+            transaction_id: d.transaction_id.0,
+            account_id: d.account_id.map(|a| a.0),
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KycData {
+    email: Option<Email>,
+    client_id: Option<Reference>,
+    kyc_status: KycStatus,
+    kyc_notes: Option<Notes>,
+}
+
+impl TryFrom<KycData> for KycChange {
+    type Error = ApiError;
+    fn try_from(d: KycData) -> Result<KycChange, ApiError> {
+        Ok(KycChange {
+            who: who(d.email, d.client_id)?,
+            status: d.kyc_status,
+            notes: d.kyc_notes.map(|n| n.0),
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AccountData {
+    email: Option<Email>,
+    client_id: Option<Reference>,
+    account_id: Option<AccountRef>,
+    leverage: Option<Leverage>,
+    currency: Option<Currency>,
+    first_name: Option<Name>,
+    last_name: Option<Name>,
+    phone: Option<Phone>,
+}
+
+impl TryFrom<AccountData> for AccountChange {
+    type Error = ApiError;
+    fn try_from(d: AccountData) -> Result<AccountChange, ApiError> {
+        // With a clientId the client is found by it, so an email is a new address; without one
+        // the email finds the client and cannot also change it.
+        let (who, new_email) = match d.client_id {
+            Some(id) => (who(None, Some(id))?, d.email),
+            None => (who(d.email, None)?, None),
+        };
+        let change = AccountChange {
+            who,
+            new_email,
+            contact: Contact {
+                first_name: d.first_name.map(|n| n.0),
+                last_name: d.last_name.map(|n| n.0),
+                phone: d.phone.map(|p| p.0),
+            },
+            account_id: d.account_id.map(|a| a.0),
+            leverage: d.leverage,
+            currency: d.currency.map(|c| c.0),
+        };
+        let contact = &change.contact;
+        if change.leverage.is_none()
+            && change.currency.is_none()
+            && change.new_email.is_none()
+            && contact.first_name.is_none()
+            && contact.last_name.is_none()
+            && contact.phone.is_none()
+        {
+            return Err(ApiError::BadRequest(
+                "data: nothing to update; send leverage, currency, firstName, lastName, phone or (with clientId) email"
+                    .into(),
+            ));
+        }
+        Ok(change)
+    }
+}
+
+/// Long hostile input is cut before it is echoed back in an error message.
+fn clip(s: &str) -> String {
+    s.chars().take(64).filter(|c| !c.is_control()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guides_example_parses() {
+        let raw = br#"{"event":"client.registered","data":{"clientId":"TEST001","email":"test@example.com","firstName":"Test","lastName":"User","phone":"+1234567890"},"timestamp":"2025-10-13T19:00:00Z"}"#;
+        let event = parse(raw).unwrap();
+        assert_eq!(event.name, EventName::ClientRegistered);
+        let Action::Register(r) = event.action else {
+            panic!("not a registration")
+        };
+        assert_eq!(r.platform_id.as_deref(), Some("TEST001"));
+        assert_eq!(r.email.as_str(), "test@example.com");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (
+                r#"{"event":"deposit.completed","data":{"email":"a@b.co","amount":"-1","transactionId":"t"},"timestamp":"2025-10-13T19:00:00Z"}"#,
+                "data.amount",
+            ),
+            (
+                r#"{"event":"deposit.completed","data":{"email":"nope","amount":"1","transactionId":"t"},"timestamp":"2025-10-13T19:00:00Z"}"#,
+                "data.email",
+            ),
+            (
+                r#"{"event":"deposit.completed","data":{"email":"a@b.co","amount":"1"},"timestamp":"2025-10-13T19:00:00Z"}"#,
+                "transactionId",
+            ),
+            (
+                r#"{"event":"kyc.updated","data":{"email":"a@b.co","kycStatus":"done"},"timestamp":"2025-10-13T19:00:00Z"}"#,
+                "data.kycStatus",
+            ),
+            (
+                r#"{"event":"kyc.updated","data":{"email":"a@b.co","kycStatus":"approved"},"timestamp":"yesterday"}"#,
+                "timestamp",
+            ),
+            (
+                r#"{"event":"nope","data":{},"timestamp":"2025-10-13T19:00:00Z"}"#,
+                "event",
+            ),
+        ];
+        for (raw, field) in cases {
+            let err = parse(raw.as_bytes()).unwrap_err().to_string();
+            assert!(err.contains(field), "{raw}: {err} should name {field}");
+        }
+    }
+}
