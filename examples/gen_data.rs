@@ -46,13 +46,13 @@ struct Args {
 }
 
 const FIRST: [&str; 24] = [
-    "james", "mary", "john", "patricia", "robert", "jennifer", "michael", "linda", "william", "elena", "david", "sofia",
-    "ahmed", "fatima", "wei", "yuki", "carlos", "ana", "ivan", "olga", "raj", "priya", "kwame", "amara",
+    "james", "mary", "john", "patricia", "robert", "jennifer", "michael", "linda", "william", "elena", "david",
+    "sofia", "ahmed", "fatima", "wei", "yuki", "carlos", "ana", "ivan", "olga", "raj", "priya", "kwame", "amara",
 ];
 const LAST: [&str; 24] = [
     "smith", "johnson", "williams", "brown", "jones", "garcia", "miller", "davis", "martinez", "lopez", "wilson",
-    "anderson", "thomas", "taylor", "moore", "jackson", "martin", "lee", "khan", "chen", "tanaka", "petrov",
-    "mensah", "silva",
+    "anderson", "thomas", "taylor", "moore", "jackson", "martin", "lee", "khan", "chen", "tanaka", "petrov", "mensah",
+    "silva",
 ];
 const KYC: [&str; 4] = ["approved", "approved", "pending", "in_review"];
 const FUNDS: [&str; 3] = ["real", "demo", "bonus"];
@@ -150,7 +150,12 @@ fn main() -> anyhow::Result<()> {
                     // A withdrawal of at most the whole fund: never an overdraft.
                     (-rng.gen_range(1..=before), "withdrawal", actions::BALANCE_WITHDRAWAL)
                 } else {
-                    (rng.gen_range(10_00..5_000_00i64) * 1_000_000, "deposit", actions::BALANCE_DEPOSIT)
+                    (
+                        // 10.00 to 4,999.99, in cents, then in hundred-millionths.
+                        rng.gen_range(1_000..500_000i64) * 1_000_000,
+                        "deposit",
+                        actions::BALANCE_DEPOSIT,
+                    )
                 };
                 let after = before + amount;
                 balances[a][fund] = after;
@@ -187,9 +192,8 @@ fn main() -> anyhow::Result<()> {
 
     let tx = conn.transaction()?;
     {
-        let mut set = tx.prepare(
-            "UPDATE accounts SET real_balance = ?2, demo_balance = ?3, bonus_balance = ?4 WHERE id = ?1",
-        )?;
+        let mut set =
+            tx.prepare("UPDATE accounts SET real_balance = ?2, demo_balance = ?3, bonus_balance = ?4 WHERE id = ?1")?;
         for (id, [real, demo, bonus]) in accounts.iter().zip(&balances) {
             if [real, demo, bonus].iter().any(|b| **b != 0) {
                 set.execute(params![id, real, demo, bonus])?;
@@ -234,8 +238,5 @@ fn capitalise(s: &str) -> String {
 }
 
 fn progress(what: &str, done: u64, total: u64, started: Instant) {
-    eprintln!(
-        "{what}: {done}/{total} ({:.0} s)",
-        started.elapsed().as_secs_f64()
-    );
+    eprintln!("{what}: {done}/{total} ({:.0} s)", started.elapsed().as_secs_f64());
 }

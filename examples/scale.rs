@@ -55,7 +55,10 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if !args.database.is_file() {
-        bail!("{} not found: make it with the gen_data example", args.database.display());
+        bail!(
+            "{} not found: make it with the gen_data example",
+            args.database.display()
+        );
     }
     let bin = server::crm_binary(args.bin.clone())?;
     let size = std::fs::metadata(&args.database)?.len();
@@ -77,7 +80,10 @@ fn main() -> anyhow::Result<()> {
     // apart from the ordinary starts that follow.
     let first = Server::start(&bin, &args.database)?;
     let password = first.admin_password.clone();
-    println!("start-up, first (creates the admin user): {} ms", first.startup.as_millis());
+    println!(
+        "start-up, first (creates the admin user): {} ms",
+        first.startup.as_millis()
+    );
     drop(first);
     let mut startups = Vec::new();
     let mut server = None;
@@ -127,7 +133,10 @@ fn main() -> anyhow::Result<()> {
             percentile_ms(&lookups.micros, 0.99),
             percentile_ms(&lookups.micros, 0.999),
             lookups.errors,
-            lookups.first_error.map(|e| format!(" (first: {e})")).unwrap_or_default()
+            lookups
+                .first_error
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default()
         );
 
         let Some(password) = password else {
@@ -147,7 +156,11 @@ fn main() -> anyhow::Result<()> {
             .await?;
         let jwt = answer.json()["token"].as_str().map(str::to_string);
         let Some(jwt) = jwt else {
-            bail!("login failed: {} {}", answer.status, String::from_utf8_lossy(&answer.body));
+            bail!(
+                "login failed: {} {}",
+                answer.status,
+                String::from_utf8_lossy(&answer.body)
+            );
         };
         let auth = format!("authorization: Bearer {jwt}\r\n");
         let terms = [
@@ -158,7 +171,10 @@ fn main() -> anyhow::Result<()> {
             ("one client's email", emails.first().cloned().unwrap_or_default()),
             ("no match", "zzqx-nobody".to_string()),
         ];
-        println!("GET /api/clients?q=... first page (50 rows), {} runs each:", args.searches);
+        println!(
+            "GET /api/clients?q=... first page (50 rows), {} runs each:",
+            args.searches
+        );
         for (what, term) in terms {
             let path = if term.is_empty() {
                 "/api/clients".to_string()
@@ -172,7 +188,11 @@ fn main() -> anyhow::Result<()> {
                 let r = conn.send(&request("GET", &addr, &path, &auth, b"")).await?;
                 times.push(started.elapsed());
                 if r.status != 200 {
-                    bail!("search {term:?} failed: {} {}", r.status, String::from_utf8_lossy(&r.body));
+                    bail!(
+                        "search {term:?} failed: {} {}",
+                        r.status,
+                        String::from_utf8_lossy(&r.body)
+                    );
                 }
                 rows = r.json()["clients"].as_array().map(Vec::len).unwrap_or(0);
             }

@@ -86,9 +86,8 @@ pub async fn drive(
                         }
                         Ok(r) => {
                             out.errors += 1;
-                            out.first_error.get_or_insert_with(|| {
-                                format!("{} {}", r.status, String::from_utf8_lossy(&r.body))
-                            });
+                            out.first_error
+                                .get_or_insert_with(|| format!("{} {}", r.status, String::from_utf8_lossy(&r.body)));
                         }
                         Err(e) => {
                             out.errors += 1;
@@ -133,4 +132,3 @@ pub fn percentile_ms(sorted: &[u32], p: f64) -> f64 {
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i] as f64 / 1000.0
 }
-

@@ -338,9 +338,7 @@ fn check_database(own: &Own, gen: &Traffic, acked: &[u64]) -> anyhow::Result<boo
     }
     let mut ok = check(
         wrong == 0,
-        &format!(
-            "each acknowledged transactionId has exactly one ledger entry of its amount ({wrong} do not)"
-        ),
+        &format!("each acknowledged transactionId has exactly one ledger entry of its amount ({wrong} do not)"),
     );
     ok &= check(
         per_ref.is_empty(),
@@ -486,17 +484,7 @@ fn print_report(report: &[(&str, Phase)], pid: Option<u32>) {
     println!();
     println!(
         "{:<20} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8}",
-        "phase",
-        "ok",
-        "errors",
-        "per sec",
-        "p50 ms",
-        "p99 ms",
-        "p999 ms",
-        "max ms",
-        "RSS MB",
-        "srv cpu%",
-        "gen cpu%"
+        "phase", "ok", "errors", "per sec", "p50 ms", "p99 ms", "p999 ms", "max ms", "RSS MB", "srv cpu%", "gen cpu%"
     );
     for (name, p) in report {
         let secs = p.elapsed.as_secs_f64();
@@ -531,13 +519,18 @@ fn print_machine(args: &Args, target: &Target) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
-            c.lines()
-                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("machine: {cpu}, {cores} cores; load average {}", load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
+    println!(
+        "machine: {cpu}, {cores} cores; load average {}",
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
     match &target.own {
         Some(own) => println!(
             "server: {} on {} (started in {} ms), database {}",
