@@ -51,10 +51,12 @@ impl Money {
             whole.parse().map_err(|_| bad("not a number"))?
         };
         let frac_atoms: i64 = format!("{frac:0<8}").parse().map_err(|_| bad("not a number"))?;
-        let atoms = whole * SCALE + frac_atoms;
-        if atoms > MAX_ATOMS {
-            return Err(bad("the amount is out of the supported range"));
-        }
+        // Checked: eleven digits can exceed the range, and must never wrap around.
+        let atoms = whole
+            .checked_mul(SCALE)
+            .and_then(|w| w.checked_add(frac_atoms))
+            .filter(|a| *a <= MAX_ATOMS)
+            .ok_or_else(|| bad("the amount is out of the supported range"))?;
         Ok(Money(if negative { -atoms } else { atoms }))
     }
 
@@ -188,6 +190,10 @@ mod tests {
             ("--5", "double sign"),
             ("10000000000.00000001", "just above the range"),
             ("99999999999999999999999", "far beyond the range"),
+            ("95516109551", "eleven digits, beyond the range"),
+            // Found by fuzzing: once wrapped around i64 and came back as a huge positive amount.
+            ("-0095516109551", "eleven digits after leading zeros, negative"),
+            ("99999999999.99999999", "the largest eleven-digit amount"),
             ("0x10", "hex"),
             ("１", "full-width digit"),
         ];
