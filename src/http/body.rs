@@ -10,10 +10,12 @@ use serde::de::DeserializeOwned;
 use warp::Filter;
 
 use super::error::ApiError;
+use super::server::BodyTimeout;
 
 /// Staff and service requests are small; webhooks have their own configurable limit.
 pub const DEFAULT_LIMIT: usize = 64 * 1024;
-/// A client that trickles its body slower than this is cut off.
+/// A client that trickles its body slower than this is cut off, unless the accept loop says
+/// otherwise (`body_timeout_secs`).
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Extracts the raw body, or the reason it was refused (413, 408). Never rejects, so the handler
@@ -22,16 +24,20 @@ pub fn raw(
     limit: usize,
 ) -> impl Filter<Extract = (Result<Bytes, ApiError>,), Error = std::convert::Infallible> + Clone {
     warp::header::optional::<u64>("content-length")
+        .and(warp::ext::optional::<BodyTimeout>())
         .and(warp::body::stream())
-        .then(move |declared: Option<u64>, stream| async move {
-            if declared.is_some_and(|n| n > limit as u64) {
-                return Err(too_large(limit));
-            }
-            match tokio::time::timeout(BODY_TIMEOUT, collect(stream, limit)).await {
-                Ok(result) => result,
-                Err(_) => Err(ApiError::Timeout),
-            }
-        })
+        .then(
+            move |declared: Option<u64>, timeout: Option<BodyTimeout>, stream| async move {
+                if declared.is_some_and(|n| n > limit as u64) {
+                    return Err(too_large(limit));
+                }
+                let timeout = timeout.map_or(BODY_TIMEOUT, |t| t.0);
+                match tokio::time::timeout(timeout, collect(stream, limit)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(ApiError::Timeout),
+                }
+            },
+        )
         .recover(|_| async {
             Ok::<_, std::convert::Infallible>(Err(ApiError::BadRequest("unreadable request body".into())))
         })

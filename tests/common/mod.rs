@@ -307,3 +307,176 @@ pub async fn into_parts(resp: reqwest::Response) -> (u16, Value) {
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, body)
 }
+
+// ---- the books, read straight from SQLite (reliability tests) ----------------------------------
+
+/// What the Trading Platform needs to send webhooks: cheap to clone into sender tasks, and not
+/// tied to the `TestApp`, so a test can kill the server while senders are still sending.
+#[derive(Clone)]
+pub struct Platform {
+    pub base: String,
+    pub secret: String,
+    pub http: reqwest::Client,
+}
+
+impl Platform {
+    /// Signs and posts one event; `Err` when no answer came (connection refused or cut).
+    pub async fn send(&self, body: &Value) -> Result<(u16, Value), reqwest::Error> {
+        let raw = serde_json::to_vec(body).unwrap();
+        let resp = self
+            .http
+            .post(format!("{}/api/webhooks/site", self.base))
+            .header("content-type", "application/json")
+            .header("x-webhook-signature", sign(&self.secret, &raw))
+            .body(raw)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    }
+
+    pub async fn deposit(&self, email: &str, amount: &str, tx: &str) -> Result<(u16, Value), reqwest::Error> {
+        self.send(&json!({
+            "event": "deposit.completed",
+            "data": { "email": email, "amount": amount, "transactionId": tx },
+            "timestamp": "2025-10-13T19:00:00Z"
+        }))
+        .await
+    }
+}
+
+/// One ledger entry as the reliability tests compare them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub fund: String,
+    pub amount: i64,
+    pub external_ref: Option<String>,
+}
+
+impl TestApp {
+    pub fn platform(&self) -> Platform {
+        Platform {
+            base: self.base.clone(),
+            secret: self.secrets.webhook.clone(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// The primary account id of the client with `email`.
+    pub fn account_id(&self, email: &str) -> String {
+        self.sqlite()
+            .query_row(
+                "SELECT a.id FROM accounts a JOIN clients c ON c.id = a.client_id
+                 WHERE c.email = ?1 AND a.parent_id IS NULL",
+                [email],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    /// (real, demo, bonus) of an account in hundred-millionths.
+    pub fn funds(&self, account: &str) -> (i64, i64, i64) {
+        self.sqlite()
+            .query_row(
+                "SELECT real_balance, demo_balance, bonus_balance FROM accounts WHERE id = ?1",
+                [account],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap()
+    }
+
+    /// Every ledger entry of an account, oldest first.
+    pub fn ledger(&self, account: &str) -> Vec<Entry> {
+        let conn = self.sqlite();
+        let mut stmt = conn
+            .prepare("SELECT fund_type, amount, external_ref FROM ledger_entries WHERE account_id = ?1 ORDER BY seq")
+            .unwrap();
+        stmt.query_map([account], |r| {
+            Ok(Entry {
+                fund: r.get(0)?,
+                amount: r.get(1)?,
+                external_ref: r.get(2)?,
+            })
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    }
+
+    /// The invariants that must hold after anything at all: every balance of every account equals
+    /// the sum of its ledger entries per fund and none is negative, no transaction id is on the
+    /// ledger twice, and `crm verify` (integrity, balances, audit chain) passes.
+    pub fn assert_books_balance(&self) {
+        let conn = self.sqlite();
+        let mismatched: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM accounts a WHERE a.real_balance < 0 OR a.demo_balance < 0 OR a.bonus_balance < 0
+                 OR a.real_balance <> (SELECT COALESCE(SUM(amount), 0) FROM ledger_entries l
+                                       WHERE l.account_id = a.id AND l.fund_type = 'real')
+                 OR a.demo_balance <> (SELECT COALESCE(SUM(amount), 0) FROM ledger_entries l
+                                       WHERE l.account_id = a.id AND l.fund_type = 'demo')
+                 OR a.bonus_balance <> (SELECT COALESCE(SUM(amount), 0) FROM ledger_entries l
+                                        WHERE l.account_id = a.id AND l.fund_type = 'bonus')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            mismatched, 0,
+            "an account's balance differs from its ledger or is negative"
+        );
+        let twice: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM (SELECT external_ref FROM ledger_entries WHERE external_ref IS NOT NULL
+                 GROUP BY external_ref HAVING COUNT(*) > 1)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(twice, 0, "a transaction is on the ledger more than once");
+        let verify = self.crm(&["verify"]);
+        assert!(
+            verify.status.success(),
+            "crm verify failed:\n{}{}",
+            String::from_utf8_lossy(&verify.stdout),
+            String::from_utf8_lossy(&verify.stderr)
+        );
+    }
+
+    /// Every row of the tables that hold business state, ordered by primary key, as text: two
+    /// equal snapshots mean nothing a client or staff member can see has changed.
+    pub fn business_snapshot(&self) -> Vec<(String, Vec<String>)> {
+        const TABLES: [(&str, &str); 7] = [
+            ("clients", "id"),
+            ("accounts", "id"),
+            ("ledger_entries", "seq"),
+            ("notes", "id"),
+            ("staff_users", "id"),
+            ("processed_webhooks", "dedupe_key"),
+            ("sso_sessions", "id"),
+        ];
+        let conn = self.sqlite();
+        TABLES
+            .iter()
+            .map(|(table, key)| {
+                let mut stmt = conn.prepare(&format!("SELECT * FROM {table} ORDER BY {key}")).unwrap();
+                let columns = stmt.column_count();
+                let rows = stmt
+                    .query_map([], |r| {
+                        let cells: Vec<String> = (0..columns)
+                            .map(|i| format!("{:?}", r.get::<_, rusqlite::types::Value>(i).ok()))
+                            .collect();
+                        Ok(cells.join("|"))
+                    })
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect();
+                (table.to_string(), rows)
+            })
+            .collect()
+    }
+}
