@@ -51,10 +51,13 @@ impl Money {
             whole.parse().map_err(|_| bad("not a number"))?
         };
         let frac_atoms: i64 = format!("{frac:0<8}").parse().map_err(|_| bad("not a number"))?;
-        let atoms = whole * SCALE + frac_atoms;
-        if atoms > MAX_ATOMS {
-            return Err(bad("the amount is out of the supported range"));
-        }
+        // Checked: eleven digits of whole units times SCALE can exceed i64 ("99999999999"); an
+        // unchecked product panics in debug builds and wraps to a wrong amount in release.
+        let atoms = whole
+            .checked_mul(SCALE)
+            .and_then(|w| w.checked_add(frac_atoms))
+            .filter(|a| *a <= MAX_ATOMS)
+            .ok_or_else(|| bad("the amount is out of the supported range"))?;
         Ok(Money(if negative { -atoms } else { atoms }))
     }
 
@@ -188,6 +191,9 @@ mod tests {
             ("--5", "double sign"),
             ("10000000000.00000001", "just above the range"),
             ("99999999999999999999999", "far beyond the range"),
+            ("99999999999", "eleven digits: overflows i64 when scaled"),
+            ("-99999999999", "the same, negative (wrapped to a large credit before)"),
+            ("92233720368.54775808", "just past i64::MAX atoms"),
             ("0x10", "hex"),
             ("１", "full-width digit"),
         ];
