@@ -51,8 +51,7 @@ impl Money {
             whole.parse().map_err(|_| bad("not a number"))?
         };
         let frac_atoms: i64 = format!("{frac:0<8}").parse().map_err(|_| bad("not a number"))?;
-        // Checked: eleven digits of whole units times SCALE can exceed i64 ("99999999999"); an
-        // unchecked product panics in debug builds and wraps to a wrong amount in release.
+        // Checked: eleven digits can exceed the range, and must never wrap around.
         let atoms = whole
             .checked_mul(SCALE)
             .and_then(|w| w.checked_add(frac_atoms))
@@ -191,9 +190,10 @@ mod tests {
             ("--5", "double sign"),
             ("10000000000.00000001", "just above the range"),
             ("99999999999999999999999", "far beyond the range"),
-            ("99999999999", "eleven digits: overflows i64 when scaled"),
-            ("-99999999999", "the same, negative (wrapped to a large credit before)"),
-            ("92233720368.54775808", "just past i64::MAX atoms"),
+            ("95516109551", "eleven digits, beyond the range"),
+            // Found by fuzzing: once wrapped around i64 and came back as a huge positive amount.
+            ("-0095516109551", "eleven digits after leading zeros, negative"),
+            ("99999999999.99999999", "the largest eleven-digit amount"),
             ("0x10", "hex"),
             ("１", "full-width digit"),
         ];

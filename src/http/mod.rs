@@ -18,6 +18,7 @@ mod server;
 mod service;
 mod staff_admin;
 mod staff_auth;
+mod static_files;
 pub mod throttle;
 pub mod views;
 pub mod webhooks;
@@ -120,6 +121,8 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl warp::Reply,), Err
         audit_log::routes(state.clone()),
         staff_admin::routes(state.clone()),
         webhooks::routes(state),
+        // The admin page comes last: it claims only paths that name one of its files.
+        static_files::routes(),
     ];
     let api = surfaces
         .into_iter()

@@ -6,7 +6,7 @@
 mod admin;
 mod effects;
 mod fields;
-mod payload;
+pub mod payload;
 mod process;
 
 use std::sync::Arc;

@@ -1,0 +1,108 @@
+// The admin page: a hash router over a handful of screens. No build step, no dependencies:
+// each screen is a module in js/ that renders into <main id="app"> with DOM calls only.
+
+import { api, can, session, setUnauthorizedHandler } from './js/api.js';
+import { replace, h } from './js/dom.js';
+import { loginScreen } from './js/login.js';
+import { clientsScreen } from './js/clients.js';
+import { clientScreen } from './js/client.js';
+import { auditScreen } from './js/audit.js';
+import { webhooksScreen, webhookScreen } from './js/webhooks.js';
+import { staffScreen } from './js/staff.js';
+import { passwordScreen } from './js/password.js';
+
+const app = document.getElementById('app');
+
+// Screens by the first part of the hash; `param` is the second part (an id), `params` the query.
+const screens = {
+  login: () => loginScreen(onLogin),
+  clients: ({ param, params }) => (param ? clientScreen(param) : clientsScreen(params)),
+  audit: ({ params }) => auditScreen(params),
+  webhooks: ({ param, params }) => (param ? webhookScreen(param) : webhooksScreen(params)),
+  staff: () => staffScreen(),
+  password: () => passwordScreen(),
+};
+// Screens not every role may open; `can` says who may.
+const guarded = new Set(['audit', 'webhooks', 'staff']);
+
+function parseHash() {
+  const [path, search = ''] = location.hash.replace(/^#\/?/, '').split('?');
+  const [name = '', param = ''] = path.split('/').map(decodeURIComponent);
+  return { name, param, params: new URLSearchParams(search) };
+}
+
+async function render() {
+  const hash = location.hash;
+  const route = parseHash();
+  const signedIn = Boolean(session.token());
+  showChrome(signedIn);
+  if (!signedIn && route.name !== 'login') {
+    location.hash = '#/login';
+    return;
+  }
+  if (signedIn && (route.name === 'login' || !screens[route.name])) {
+    location.hash = '#/clients';
+    return;
+  }
+  if (guarded.has(route.name) && !can(route.name)) {
+    replace(app, h('p', { class: 'error' }, 'Your role does not give access to this page.'));
+    return;
+  }
+  markCurrent(route.name);
+  replace(app, h('p', { class: 'loading' }, 'Loading…'));
+  try {
+    const view = await screens[route.name](route);
+    // A newer navigation may have started while this screen was loading.
+    if (location.hash === hash) replace(app, view);
+  } catch (e) {
+    if (e.status !== 401) replace(app, h('p', { class: 'error', role: 'alert' }, e.message || String(e)));
+  }
+}
+
+function showChrome(signedIn) {
+  const user = session.user();
+  document.getElementById('nav').hidden = !signedIn;
+  document.getElementById('session').hidden = !signedIn;
+  document.getElementById('whoami').textContent = user ? `${user.name || user.email} (${user.role})` : '';
+  for (const link of document.querySelectorAll('#nav [data-guarded]')) {
+    link.hidden = !can(link.dataset.nav);
+  }
+}
+
+function markCurrent(name) {
+  for (const link of document.querySelectorAll('#nav a')) {
+    if (link.dataset.nav === name) link.setAttribute('aria-current', 'page');
+    else link.removeAttribute('aria-current');
+  }
+}
+
+function onLogin() {
+  location.hash = '#/clients';
+}
+
+function logout() {
+  session.clear();
+  location.hash = '#/login';
+}
+
+setUnauthorizedHandler(() => {
+  session.flash('Your session has ended. Please log in again.');
+  location.hash = '#/login';
+});
+
+async function start() {
+  document.getElementById('logout').addEventListener('click', logout);
+  window.addEventListener('hashchange', render);
+  if (session.token()) {
+    // Refresh who we are (a role may have changed); a 401 here sends us to the login screen.
+    try {
+      const me = await api('GET', '/api/auth/me');
+      session.setUser(me.user || me);
+    } catch {
+      // Shown by the screen that renders next (or the login screen after a 401).
+    }
+  }
+  render();
+}
+
+start();

@@ -1,0 +1,134 @@
+// Talking to the staff API. The bearer token lives in sessionStorage only (never a cookie, never
+// a URL), so it dies with the tab and is never sent anywhere the page does not send it itself.
+
+const TOKEN_KEY = 'crm.token';
+const USER_KEY = 'crm.user';
+const FLASH_KEY = 'crm.flash';
+
+export class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+let onUnauthorized = () => {};
+
+/** What to do when the API answers 401 (the app sends the user back to the login screen). */
+export function setUnauthorizedHandler(fn) {
+  onUnauthorized = fn;
+}
+
+export const session = {
+  token: () => sessionStorage.getItem(TOKEN_KEY),
+  user() {
+    try {
+      return JSON.parse(sessionStorage.getItem(USER_KEY) || 'null');
+    } catch {
+      return null;
+    }
+  },
+  save(token, user) {
+    sessionStorage.removeItem(FLASH_KEY);
+    sessionStorage.setItem(TOKEN_KEY, token);
+    sessionStorage.setItem(USER_KEY, JSON.stringify(user));
+  },
+  setUser(user) {
+    sessionStorage.setItem(USER_KEY, JSON.stringify(user));
+  },
+  /** A one-line message for the next screen (the login screen shows it). */
+  flash(message) {
+    sessionStorage.setItem(FLASH_KEY, message);
+  },
+  peekFlash: () => sessionStorage.getItem(FLASH_KEY),
+  clear() {
+    sessionStorage.removeItem(TOKEN_KEY);
+    sessionStorage.removeItem(USER_KEY);
+  },
+};
+
+/** What each role may do; the page offers nothing the API would refuse. */
+export function can(action) {
+  const role = session.user()?.role;
+  switch (action) {
+    case 'changeKyc':
+    case 'audit':
+      return role === 'admin' || role === 'manager';
+    case 'money': // balances, leverage, subaccounts
+    case 'impersonate':
+    case 'webhooks':
+    case 'staff':
+      return role === 'admin';
+    default:
+      return Boolean(role);
+  }
+}
+
+/** A query string from an object, leaving out empty values. */
+export function query(params) {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(params)) {
+    if (v !== undefined && v !== null && v !== '') q.set(k, v);
+  }
+  const s = q.toString();
+  return s ? `?${s}` : '';
+}
+
+async function send(method, path, body) {
+  const headers = { Accept: 'application/json' };
+  const token = session.token();
+  if (token) headers.Authorization = `Bearer ${token}`;
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  let resp;
+  try {
+    resp = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      credentials: 'omit',
+      cache: 'no-store',
+    });
+  } catch {
+    throw new ApiError(0, 'The CRM server cannot be reached. Check the connection and try again.');
+  }
+  if (resp.status === 401 && path !== '/api/auth/login') {
+    session.clear();
+    onUnauthorized();
+  }
+  return resp;
+}
+
+async function errorOf(resp) {
+  let message = `The server answered ${resp.status}.`;
+  try {
+    const body = await resp.json();
+    if (body && typeof body.error === 'string') message = body.error;
+  } catch {
+    // Not JSON: keep the status line.
+  }
+  return new ApiError(resp.status, message);
+}
+
+/** A JSON request; resolves to the parsed body, rejects with ApiError carrying the API's message. */
+export async function api(method, path, body) {
+  const resp = await send(method, path, body);
+  if (!resp.ok) throw await errorOf(resp);
+  const text = await resp.text();
+  return text ? JSON.parse(text) : null;
+}
+
+/** Downloads a file the API produces (with the bearer token) and saves it under `filename`. */
+export async function download(path, filename) {
+  const resp = await send('GET', path);
+  if (!resp.ok) throw await errorOf(resp);
+  const blob = await resp.blob();
+  const url = URL.createObjectURL(blob);
+  const a = document.createElement('a');
+  a.href = url;
+  a.download = filename;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  // Give the browser a moment to start the download before the object URL goes away.
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}

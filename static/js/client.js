@@ -1,0 +1,380 @@
+// One client: profile, KYC, accounts (with balance and leverage changes), ledger, notes and the
+// activity timeline. Every value from the API is put on the page as text.
+
+import { api, can, query } from './api.js';
+import { h, field, select, table, errorBox, showError, busy, when, jsonText, replace } from './dom.js';
+import { parseMoney, formatMoney, addMoney } from './money.js';
+import { clientName, kycBadge } from './clients.js';
+
+const FUNDS = ['real', 'demo', 'bonus'];
+const KYC = [['pending', 'Pending'], ['in_review', 'In review'], ['approved', 'Approved'], ['rejected', 'Rejected']];
+
+export async function clientScreen(id) {
+  const path = `/api/clients/${encodeURIComponent(id)}`;
+  const data = await api('GET', path);
+  const ctx = { id, path, data, selected: data.account?.id };
+
+  const heading = h('div', { class: 'client-head' });
+  const profile = h('section', { class: 'card', id: 'profile' });
+  const kyc = h('section', { class: 'card', id: 'kyc' });
+  const accounts = h('section', { class: 'card wide', id: 'accounts' });
+  const ledger = h('section', { class: 'card wide', id: 'ledger' });
+  const notes = h('section', { class: 'card', id: 'notes' });
+  const activity = h('section', { class: 'card', id: 'activity' });
+
+  ctx.reload = async () => {
+    ctx.data = await api('GET', path);
+    renderHead(heading, ctx);
+    renderProfile(profile, ctx);
+    renderKyc(kyc, ctx);
+    renderAccounts(accounts, ctx);
+    renderLedger(ledger, ctx);
+    renderActivity(activity, ctx);
+  };
+  renderHead(heading, ctx);
+  renderProfile(profile, ctx);
+  renderKyc(kyc, ctx);
+  renderAccounts(accounts, ctx);
+  renderLedger(ledger, ctx);
+  renderNotes(notes, ctx);
+  renderActivity(activity, ctx);
+
+  return h('div', { class: 'client-page' },
+    h('p', {}, h('a', { href: '#/clients' }, '← All clients')),
+    heading,
+    h('div', { class: 'grid' }, profile, kyc, accounts, ledger, notes, activity));
+}
+
+function allAccounts(data) {
+  return [data.account, ...(data.subaccounts || [])].filter(Boolean);
+}
+
+function accountLabel(a, data) {
+  const kind = a.id === data.account?.id ? 'Primary' : 'Subaccount';
+  return `${kind} ${a.currency} · ${String(a.id).slice(0, 8)}`;
+}
+
+function accountSelect(ctx, name) {
+  const { data } = ctx;
+  return select({ name }, allAccounts(data).map((a) => [a.id, accountLabel(a, data)]), ctx.selected);
+}
+
+function renderHead(el, { data }) {
+  const c = data.client;
+  const status = h('p', { class: 'notice', role: 'status', hidden: true });
+  const error = errorBox();
+  let impersonate = null;
+  if (can('impersonate')) {
+    impersonate = h('button', { type: 'button', id: 'impersonate' }, 'Impersonate');
+    impersonate.addEventListener('click', () => busy(impersonate, async () => {
+      showError(error, '');
+      try {
+        const res = await api('POST', `/api/clients/${encodeURIComponent(c.id)}/impersonate`);
+        // noopener: the trading platform's tab gets no handle back to this one.
+        window.open(res.ssoUrl, '_blank', 'noopener,noreferrer');
+        status.textContent = `Opened the trading platform as ${c.email} in a new tab.`;
+        status.hidden = false;
+      } catch (e) {
+        showError(error, e.message);
+      }
+    }));
+  }
+  replace(el,
+    h('div', {},
+      h('h1', { id: 'client-title' }, clientName(c)),
+      h('p', { class: 'muted' }, c.email, ' · ', c.platformClientId || '')),
+    h('div', { class: 'actions' }, impersonate, status, error));
+}
+
+function renderProfile(el, { data }) {
+  const c = data.client;
+  const rows = [
+    ['First name', c.firstName], ['Last name', c.lastName], ['Email', c.email], ['Phone', c.phone],
+    ['Platform id', c.platformClientId], ['CRM id', c.id], ['Registered', when(c.createdAt)],
+    ['Updated', when(c.updatedAt)],
+  ];
+  replace(el, h('h2', {}, 'Profile'),
+    h('dl', { class: 'pairs' }, rows.map(([k, v]) => [h('dt', {}, k), h('dd', {}, v ?? '')])));
+}
+
+function renderKyc(el, ctx) {
+  const c = ctx.data.client;
+  const parts = [h('h2', {}, 'KYC'),
+    h('p', {}, 'Status: ', kycBadge(c.kycStatus)),
+    c.kycNotes ? h('p', { class: 'pre' }, c.kycNotes) : null];
+  if (can('changeKyc')) {
+    const status = select({ name: 'kycStatus' }, KYC, c.kycStatus);
+    const notes = h('textarea', { name: 'kycNotes', rows: 2 });
+    notes.value = c.kycNotes || '';
+    const save = h('button', { type: 'submit', class: 'primary' }, 'Save KYC');
+    const error = errorBox();
+    const form = h('form', { id: 'kyc-form' }, field('New status', status), field('KYC notes', notes), error, save);
+    form.addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      busy(save, async () => {
+        showError(error, '');
+        try {
+          await api('PATCH', `${ctx.path}/kyc`, { kycStatus: status.value, kycNotes: notes.value });
+          await ctx.reload();
+        } catch (e) {
+          showError(error, e.message);
+        }
+      });
+    });
+    parts.push(form);
+  }
+  replace(el, parts);
+}
+
+function renderAccounts(el, ctx) {
+  const { data } = ctx;
+  const money = (key) => (a) => h('span', { class: `money bal-${key}`, 'data-account': a.id }, a[key]);
+  const rows = table([
+    ['Account', (a) => accountLabel(a, data)],
+    ['Leverage', (a) => h('span', { class: 'leverage', 'data-account': a.id }, `1:${a.leverage}`)],
+    ['Real', money('realBalance')],
+    ['Demo', money('demoBalance')],
+    ['Bonus', money('bonusBalance')],
+    ['Total', money('balance')],
+    ['Equity', money('equity')],
+  ], allAccounts(data));
+  const parts = [h('h2', {}, 'Accounts'), h('div', { class: 'scroll' }, rows)];
+  if (can('money')) {
+    parts.push(h('div', { class: 'forms' }, adjustForm(ctx), leverageForm(ctx), subaccountForm(ctx)));
+  }
+  replace(el, parts);
+}
+
+/** Adjust balance in two steps: the form, then a confirmation with before and after. */
+function adjustForm(ctx) {
+  const account = accountSelect(ctx, 'account');
+  const fund = select({ name: 'fundType' }, FUNDS, 'real');
+  const amount = h('input', { name: 'amount', inputmode: 'decimal', autocomplete: 'off', required: true, placeholder: '100.00 or -50.00' });
+  const notes = h('input', { name: 'notes', autocomplete: 'off' });
+  const review = h('button', { type: 'submit', class: 'primary' }, 'Review…');
+  const error = errorBox();
+  const confirm = h('div', { id: 'adjust-confirm', class: 'confirm', hidden: true });
+  const form = h('form', { id: 'adjust-form' },
+    h('h3', {}, 'Adjust balance'),
+    field('Account', account),
+    field('Fund', fund),
+    field('Amount', amount, 'Positive credits, negative debits. Up to 8 decimals.'),
+    field('Reason (notes)', notes),
+    error, review);
+  form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    showError(error, '');
+    const atoms = parseMoney(amount.value);
+    if (atoms === null || atoms === 0n) {
+      showError(error, 'Enter a non-zero amount such as 100.00 or -50.25 (at most 8 decimals).');
+      return;
+    }
+    const acct = allAccounts(ctx.data).find((a) => a.id === account.value);
+    const change = formatMoney(atoms);
+    showConfirm(confirm, ctx, { acct, fundType: fund.value, change, notes: notes.value }, () => {
+      form.hidden = false;
+      confirm.hidden = true;
+    });
+    form.hidden = true;
+  });
+  return h('div', { class: 'subform' }, form, confirm);
+}
+
+function showConfirm(box, ctx, { acct, fundType, change, notes }, back) {
+  const key = `${fundType}Balance`;
+  const rows = [
+    ['Account', accountLabel(acct, ctx.data)],
+    ['Fund', fundType],
+    ['Change', change],
+    [`${fundType} before`, acct[key]],
+    [`${fundType} after`, addMoney(acct[key], change)],
+    ['Total before', acct.balance],
+    ['Total after', addMoney(acct.balance, change)],
+  ];
+  const ok = h('button', { type: 'button', class: 'primary', id: 'adjust-confirm-button' }, 'Confirm adjustment');
+  const cancel = h('button', { type: 'button' }, 'Back');
+  const error = errorBox();
+  cancel.addEventListener('click', back);
+  ok.addEventListener('click', () => busy(ok, async () => {
+    showError(error, '');
+    try {
+      await api('POST', `/api/accounts/${encodeURIComponent(acct.id)}/adjust-balance`, { amount: change, fundType, notes });
+      ctx.selected = acct.id;
+      await ctx.reload();
+    } catch (e) {
+      showError(error, e.message);
+    }
+  }));
+  replace(box,
+    h('h3', {}, 'Confirm balance adjustment'),
+    h('dl', { class: 'pairs' }, rows.map(([k, v]) => [h('dt', {}, k), h('dd', { class: 'money' }, v ?? '')])),
+    error,
+    h('div', { class: 'actions' }, ok, cancel));
+  box.hidden = false;
+  setTimeout(() => ok.focus(), 0);
+}
+
+function leverageForm(ctx) {
+  const account = accountSelect(ctx, 'account');
+  const current = () => allAccounts(ctx.data).find((a) => a.id === account.value)?.leverage ?? '';
+  const leverage = h('input', { name: 'leverage', type: 'number', min: 1, max: 500, step: 1, required: true, value: current() });
+  account.addEventListener('change', () => { leverage.value = current(); });
+  const save = h('button', { type: 'submit', class: 'primary' }, 'Change leverage');
+  const error = errorBox();
+  const form = h('form', { id: 'leverage-form', class: 'subform' },
+    h('h3', {}, 'Leverage'), field('Account', account), field('Leverage (1 to 500)', leverage), error, save);
+  form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    showError(error, '');
+    if (!/^\d{1,3}$/.test(leverage.value) || +leverage.value < 1 || +leverage.value > 500) {
+      showError(error, 'Leverage must be a whole number from 1 to 500.');
+      return;
+    }
+    busy(save, async () => {
+      try {
+        await api('PATCH', `/api/accounts/${encodeURIComponent(account.value)}/leverage`, { leverage: Number(leverage.value) });
+        ctx.selected = account.value;
+        await ctx.reload();
+      } catch (e) {
+        showError(error, e.message);
+      }
+    });
+  });
+  return form;
+}
+
+function subaccountForm(ctx) {
+  const currency = h('input', { name: 'currency', maxlength: 3, value: ctx.data.account?.currency || 'USD', autocomplete: 'off' });
+  const leverage = h('input', { name: 'leverage', type: 'number', min: 1, max: 500, step: 1, value: 100 });
+  const save = h('button', { type: 'submit' }, 'Open subaccount');
+  const error = errorBox();
+  const form = h('form', { id: 'subaccount-form', class: 'subform' },
+    h('h3', {}, 'New subaccount'), field('Currency', currency), field('Leverage', leverage), error, save);
+  form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    busy(save, async () => {
+      showError(error, '');
+      try {
+        const body = { currency: currency.value.trim().toUpperCase() };
+        if (leverage.value) body.leverage = Number(leverage.value);
+        const acct = await api('POST', `${ctx.path}/subaccounts`, body);
+        ctx.selected = acct.id;
+        await ctx.reload();
+      } catch (e) {
+        showError(error, e.message);
+      }
+    });
+  });
+  return form;
+}
+
+function renderLedger(el, ctx) {
+  const account = accountSelect(ctx, 'ledger-account');
+  const body = h('div', {});
+  const error = errorBox();
+  const more = h('button', { type: 'button', hidden: true }, 'Older entries');
+  let cursor = '';
+  let entries = [];
+  async function load(reset) {
+    if (reset) {
+      cursor = '';
+      entries = [];
+      body.replaceChildren(h('p', { class: 'loading' }, 'Loading…'));
+    }
+    showError(error, '');
+    try {
+      const res = await api('GET', `/api/accounts/${encodeURIComponent(account.value)}/ledger${query({ before: cursor, limit: 50 })}`);
+      entries = entries.concat(res.entries || []);
+      cursor = res.nextCursor || '';
+      more.hidden = !cursor;
+      body.replaceChildren(entries.length
+        ? table([
+          ['When', (e) => when(e.createdAt)],
+          ['Fund', (e) => e.fundType],
+          ['Amount', (e) => h('span', { class: 'money' }, e.amount)],
+          ['Balance after', (e) => h('span', { class: 'money' }, e.balanceAfter)],
+          ['Reason', (e) => e.reason],
+          ['Notes', (e) => e.notes],
+          ['By', (e) => e.actor],
+          ['Reference', (e) => e.externalRef],
+        ], entries)
+        : h('p', { class: 'empty' }, 'No ledger entries yet.'));
+    } catch (e) {
+      showError(error, e.message);
+    }
+  }
+  account.addEventListener('change', () => {
+    ctx.selected = account.value;
+    load(true);
+  });
+  more.addEventListener('click', () => busy(more, () => load(false)));
+  replace(el, h('h2', {}, 'Ledger'), field('Account', account), error, h('div', { class: 'scroll' }, body), more);
+  if (account.value) load(true);
+}
+
+function renderNotes(el, ctx) {
+  const list = h('ul', { class: 'notes', id: 'notes-list' });
+  const comment = h('textarea', { name: 'comment', rows: 3, required: true });
+  const add = h('button', { type: 'submit', class: 'primary' }, 'Add note');
+  const error = errorBox();
+  const form = h('form', { id: 'note-form' }, field('New note', comment), error, add);
+  async function load() {
+    list.replaceChildren(h('li', { class: 'loading' }, 'Loading…'));
+    try {
+      const res = await api('GET', `${ctx.path}/notes`);
+      const notes = res.notes || [];
+      list.replaceChildren(...(notes.length
+        ? notes.map((n) => h('li', {}, h('p', { class: 'pre note-text' }, n.comment), h('small', { class: 'muted' }, n.author, ' · ', when(n.createdAt))))
+        : [h('li', { class: 'empty' }, 'No notes yet.')]));
+    } catch (e) {
+      list.replaceChildren();
+      showError(error, e.message);
+    }
+  }
+  form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    busy(add, async () => {
+      showError(error, '');
+      try {
+        await api('POST', `${ctx.path}/notes`, { comment: comment.value });
+        comment.value = '';
+        await load();
+        renderActivity(document.getElementById('activity'), ctx);
+      } catch (e) {
+        showError(error, e.message);
+      }
+    });
+  });
+  replace(el, h('h2', {}, 'Notes'), form, list);
+  load();
+}
+
+function renderActivity(el, ctx) {
+  const list = h('ol', { class: 'timeline', id: 'activity-list' });
+  const error = errorBox();
+  const more = h('button', { type: 'button', hidden: true }, 'Older activity');
+  let cursor = '';
+  async function load() {
+    try {
+      const res = await api('GET', `${ctx.path}/activity${query({ before: cursor, limit: 30 })}`);
+      const items = res.activity || [];
+      if (!cursor) list.replaceChildren();
+      for (const a of items) {
+        const details = jsonText(a.details);
+        list.appendChild(h('li', {},
+          h('div', {}, h('span', { class: 'badge' }, a.type), ' ', h('time', { datetime: a.at }, when(a.at))),
+          h('div', { class: 'summary' }, a.summary),
+          details ? h('details', {}, h('summary', {}, 'Details'), h('pre', {}, details)) : null));
+      }
+      if (!list.children.length) list.appendChild(h('li', { class: 'empty' }, 'No activity yet.'));
+      cursor = res.nextCursor || '';
+      more.hidden = !cursor;
+    } catch (e) {
+      showError(error, e.message);
+    }
+  }
+  more.addEventListener('click', () => busy(more, load));
+  list.appendChild(h('li', { class: 'loading' }, 'Loading…'));
+  replace(el, h('h2', {}, 'Activity'), error, list, more);
+  load();
+}

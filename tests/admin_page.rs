@@ -1,0 +1,413 @@
+//! The admin page: how it is served (content types, CSP, no path traversal), what its source may
+//! not contain, and end-to-end runs in headless Chromium against the real server.
+
+mod browser;
+mod common;
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use browser::Browser;
+use common::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const HOSTILE_NAME: &str = "<img src=x onerror=alert(1)>";
+
+/// A request sent byte for byte, so the path reaches the server exactly as written (an HTTP
+/// client library would resolve `..` and re-encode before sending).
+fn raw_get(base: &str, path: &str) -> (u16, String) {
+    let addr = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap();
+    (status, response)
+}
+
+#[tokio::test]
+async fn the_page_and_its_assets_are_served_with_their_content_types() {
+    let app = spawn_app();
+    for (path, content_type) in [
+        ("/", "text/html; charset=utf-8"),
+        ("/index.html", "text/html; charset=utf-8"),
+        ("/style.css", "text/css; charset=utf-8"),
+        ("/app.js", "javascript; charset=utf-8"),
+        ("/js/api.js", "javascript; charset=utf-8"),
+        ("/js/money.js", "javascript; charset=utf-8"),
+    ] {
+        let resp = app.http.get(app.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        let headers = resp.headers().clone();
+        let ct = headers["content-type"].to_str().unwrap();
+        assert!(ct.ends_with(content_type), "{path}: {ct}");
+        assert!(
+            ct.starts_with("text/"),
+            "{path}: module scripts need a JavaScript type, got {ct}"
+        );
+        let csp = headers["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("script-src 'self'") && csp.contains("style-src 'self'"),
+            "{csp}"
+        );
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert!(!resp.bytes().await.unwrap().is_empty(), "{path}");
+    }
+}
+
+#[tokio::test]
+async fn paths_outside_the_page_are_not_found() {
+    let app = spawn_app();
+    for (path, why) in [
+        ("/../Cargo.toml", "parent folder"),
+        ("/%2e%2e/Cargo.toml", "percent-encoded parent folder"),
+        ("/%2E%2E/%2E%2E/Cargo.toml", "upper-case encoding, twice"),
+        ("/js/../../Cargo.toml", "parent folder from a subfolder"),
+        ("/..%2fCargo.toml", "encoded slash"),
+        ("/js/%2e%2e/%2e%2e/src/main.rs", "encoded, from a subfolder"),
+        ("/Cargo.toml", "a file of the repository, not of static/"),
+        ("/static/index.html", "the folder name is not part of the URL"),
+        ("/js/", "a folder is not a file"),
+        ("/.gitignore", "hidden files"),
+        ("/nope.js", "no such file"),
+    ] {
+        let (status, response) = raw_get(&app.base, path);
+        assert_eq!(status, 404, "{path} ({why}) must be 404:\n{response}");
+        assert!(
+            response.contains("{\"error\""),
+            "{path}: 404s are JSON like every error"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_page_file_answers_only_get_and_unknown_paths_stay_404() {
+    let app = spawn_app();
+    let (status, _) = app.staff(Method::POST, "/app.js", "x", None).await;
+    assert_eq!(status, 405, "a file exists at /app.js, but only for GET");
+    let (status, _) = app.staff(Method::POST, "/no/such/thing", "x", None).await;
+    assert_eq!(status, 404, "the page must not turn unknown paths into 405s");
+    let (status, body) = app.get("/healthz").await;
+    assert_eq!(status, 200, "the page must not shadow other routes: {body}");
+}
+
+/// The CSP forbids inline script and style; the page must not need them, and must never build
+/// HTML from strings (client names come from webhooks and are hostile).
+#[test]
+fn the_page_source_uses_no_inline_code_and_never_parses_html() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("static");
+    let mut files = vec![];
+    let mut dirs = vec![root];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.iter().any(|f| f.ends_with("index.html")));
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let name = file.display();
+        for (needle, why) in [
+            ("innerHTML", "parses HTML"),
+            ("outerHTML", "parses HTML"),
+            ("insertAdjacentHTML", "parses HTML"),
+            ("document.write", "parses HTML"),
+            ("eval(", "CSP forbids eval"),
+            ("new Function", "CSP forbids eval"),
+            ("style=", "CSP forbids inline style"),
+            (".style.", "inline style: use a class"),
+            ("javascript:", "inline script"),
+            ("localStorage", "the token stays in sessionStorage"),
+            ("document.cookie", "the token is never a cookie"),
+        ] {
+            assert!(!text.contains(needle), "{name} contains {needle:?}: {why}");
+        }
+        if file.extension().is_some_and(|e| e == "html") {
+            for tag in text.match_indices("<script").map(|(i, _)| &text[i..]) {
+                let open = &tag[..tag.find('>').unwrap()];
+                assert!(open.contains("src="), "{name}: inline <script> is blocked by the CSP");
+            }
+            assert!(!text.contains("<style"), "{name}: inline <style> is blocked by the CSP");
+            assert!(
+                !text.contains(" on"),
+                "{name}: inline event handlers are blocked by the CSP"
+            );
+        }
+    }
+}
+
+// ---- in the browser -------------------------------------------------------------------------
+
+/// Registers a client through the signed webhook and returns its CRM id.
+async fn register_named(app: &TestApp, email: &str, first: &str, last: &str) -> String {
+    let (status, body) = app
+        .event(
+            "client.registered",
+            json!({ "clientId": format!("TP{}", &random_hex()[..8]), "email": email,
+                    "firstName": first, "lastName": last, "phone": "+1234567890" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let admin = app.admin_token().await;
+    let (status, body) = app
+        .staff(Method::GET, &format!("/api/clients?q={email}"), &admin, None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["clients"][0]["id"].as_str().unwrap().to_string()
+}
+
+async fn log_in(b: &Browser, base: &str, email: &str, password: &str) {
+    b.goto(&format!("{base}/")).await;
+    b.type_into("#login-form input[name=email]", email).await;
+    b.type_into("#login-form input[name=password]", password).await;
+    b.click("#login-form button[type=submit]").await;
+    b.find("#nav").await;
+}
+
+async fn open_client(b: &Browser, search: &str) {
+    b.click("#nav a[data-nav=clients]").await;
+    b.type_into("input[name=q]", search).await;
+    b.click("form[role=search] button").await;
+    b.wait_until(&format!("{search} to be the only result"), || async {
+        b.js(
+            "const rows = [...document.querySelectorAll('#app tbody tr')]; \
+             return rows.length === 1 && rows[0].textContent.includes(arguments[0]);",
+            vec![json!(search)],
+        )
+        .await
+            == json!(true)
+    })
+    .await;
+    b.click("a.client-name").await;
+    b.find("#accounts table").await;
+}
+
+/// Adjusts one fund through the form and its confirmation, checking the before/after preview.
+async fn adjust(b: &Browser, fund: &str, amount: &str, before: &str, after: &str) {
+    b.select("#adjust-form select[name=fundType]", fund).await;
+    b.type_into("#adjust-form input[name=amount]", amount).await;
+    b.type_into("#adjust-form input[name=notes]", &format!("browser test {fund}"))
+        .await;
+    b.click("#adjust-form button[type=submit]").await;
+    b.find("#adjust-confirm-button").await;
+    let preview = b.text("#adjust-confirm").await;
+    assert!(
+        preview.contains(&format!("{fund} before{before}")) && preview.contains(&format!("{fund} after{after}")),
+        "the confirmation shows {before} -> {after}: {preview}"
+    );
+    b.snapshot(&format!("confirm-{fund}")).await;
+    b.click("#adjust-confirm-button").await;
+}
+
+#[tokio::test]
+async fn staff_run_the_crm_from_a_browser_and_each_role_sees_only_what_it_may_do() {
+    let Some(b) = Browser::start().await else { return };
+    let app = spawn_app();
+    let client_id = register_named(&app, "alice@example.com", "Alice", "Trader").await;
+    register_named(&app, "hostile@example.com", HOSTILE_NAME, "Hostile").await;
+    let admin = app.admin_token().await;
+    let (status, agent) = app
+        .staff(
+            Method::POST,
+            "/api/staff",
+            &admin,
+            Some(json!({ "email": "agent@crm.local", "name": "Agent", "role": "agent", "password": "agent-password-123" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{agent}");
+
+    // A page that needs a session sends you to the login screen first.
+    b.goto(&app.url("/#/clients")).await;
+    b.find("#login-form").await;
+    log_in(&b, &app.base, &app.admin_email, &app.admin_password).await;
+    let token_in_storage = b
+        .js("return sessionStorage.getItem('crm.token') !== null", vec![])
+        .await;
+    assert_eq!(token_in_storage, json!(true));
+    assert_eq!(
+        b.js("return document.cookie", vec![]).await,
+        json!(""),
+        "no cookie holds the token"
+    );
+
+    // Find the client and adjust each fund type, then debit real funds.
+    open_client(&b, "alice@example.com").await;
+    let primary = app.account_of("alice@example.com").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cell = |key: &str| format!(".bal-{key}[data-account='{primary}']");
+    adjust(&b, "real", "100.00", "0.00", "100.00").await;
+    b.wait_text(&cell("realBalance"), "100.00").await;
+    adjust(&b, "demo", "250.5", "0.00", "250.50").await;
+    b.wait_text(&cell("demoBalance"), "250.50").await;
+    adjust(&b, "bonus", "0.12345678", "0.00", "0.12345678").await;
+    b.wait_text(&cell("bonusBalance"), "0.12345678").await;
+    adjust(&b, "real", "-40.01", "100.00", "59.99").await;
+    b.wait_text(&cell("realBalance"), "59.99").await;
+    b.wait_text(&cell("balance"), "310.61345678").await;
+    b.wait_for_text("browser test bonus").await; // the ledger shows the entries with their notes
+
+    // A refused adjustment shows the API's message beside the confirmation and changes nothing.
+    b.select("#adjust-form select[name=fundType]", "real").await;
+    b.type_into("#adjust-form input[name=amount]", "-1000").await;
+    b.click("#adjust-form button[type=submit]").await;
+    b.click("#adjust-confirm-button").await;
+    b.wait_until("the refusal to show", || async {
+        b.text("#adjust-confirm .error")
+            .await
+            .to_lowercase()
+            .contains("insufficient")
+    })
+    .await;
+    assert_eq!(b.text(&cell("realBalance")).await, "59.99");
+    b.click("#adjust-confirm button:not(.primary)").await; // Back
+
+    // Leverage.
+    b.select("#leverage-form select[name=account]", &primary).await;
+    b.type_into("#leverage-form input[name=leverage]", "200").await;
+    b.click("#leverage-form button[type=submit]").await;
+    b.wait_text(&format!(".leverage[data-account='{primary}']"), "1:200")
+        .await;
+
+    // A note.
+    b.type_into("#note-form textarea", "Called about the <b>bonus</b>")
+        .await;
+    b.click("#note-form button[type=submit]").await;
+    b.wait_text("#notes-list .note-text", "Called about the <b>bonus</b>")
+        .await;
+
+    // Impersonate: the page must open the SSO URL in a new tab without a handle back to itself.
+    // The trading platform (https://trading.test) is not reachable, so the call is recorded.
+    b.js(
+        "window.__opened = []; window.open = (...args) => { window.__opened.push(args); return null; };",
+        vec![],
+    )
+    .await;
+    b.click("#impersonate").await;
+    b.wait_until("window.open", || async {
+        b.js("return window.__opened.length", vec![]).await == json!(1)
+    })
+    .await;
+    let opened = b.js("return window.__opened[0]", vec![]).await;
+    let url = opened[0].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("{PLATFORM_URL}/sso/impersonate?token=")),
+        "{url}"
+    );
+    assert_eq!(opened[1], json!("_blank"));
+    assert!(opened[2].as_str().unwrap().contains("noopener"), "{opened}");
+
+    // The audit log shows every action above, and downloads as CSV with the token in a header.
+    b.goto(&app.url("/#/audit?actor=staff%3Aadmin%40crm.local")).await;
+    b.find("#audit-table").await;
+    for action in [
+        "account.adjust_balance",
+        "account.leverage",
+        "client.note_add",
+        "sso.impersonate",
+        "auth.login",
+    ] {
+        b.wait_for_text(action).await;
+    }
+    b.snapshot("audit").await;
+    b.click("#audit-csv").await;
+    let csv = b.downloads.join("audit.csv");
+    b.wait_until("audit.csv to download", || async {
+        std::fs::metadata(&csv).is_ok_and(|m| m.len() > 0)
+    })
+    .await;
+    let csv = std::fs::read_to_string(csv).unwrap();
+    assert!(
+        csv.contains("account.adjust_balance") && csv.contains("sso.impersonate"),
+        "{csv}"
+    );
+
+    // The webhook log shows a delivery's raw body and re-processes it; staff management opens.
+    b.goto(&app.url("/#/webhooks?event=client.registered")).await;
+    b.click("#app tbody a").await;
+    b.wait_until("the raw body", || async {
+        b.text("#raw-body").await.contains("\"client.registered\"")
+    })
+    .await;
+    b.click("#reprocess").await;
+    b.wait_until("the re-process answer", || async {
+        b.exists("#app .notice:not([hidden])").await || b.exists("#app .error:not([hidden])").await
+    })
+    .await;
+    b.goto(&app.url("/#/staff")).await;
+    b.find("#staff-form").await;
+    b.wait_for_text("agent@crm.local").await;
+
+    b.goto(&app.url(&format!("/#/clients/{client_id}"))).await;
+    b.wait_for_text("Called about the").await;
+    b.snapshot("client").await;
+
+    // A hostile name is shown as the literal text; no element is created from it, no script runs.
+    open_client(&b, "hostile@example.com").await;
+    assert_eq!(b.text("#client-title").await, format!("{HOSTILE_NAME} Hostile"));
+    b.goto(&app.url("/#/clients?q=hostile")).await;
+    b.wait_text("a.client-name", &format!("{HOSTILE_NAME} Hostile")).await;
+    // The CSP alone would stop the onerror script; the page must not even create the <img>.
+    assert_eq!(
+        b.js("return document.querySelectorAll('img').length", vec![]).await,
+        json!(0)
+    );
+    b.assert_no_dialog().await;
+    b.snapshot("clients").await;
+
+    // A token the server no longer accepts sends the user back to the login screen.
+    b.js("sessionStorage.setItem('crm.token', 'not-a-valid-token')", vec![])
+        .await;
+    b.goto(&app.url(&format!("/#/clients/{client_id}"))).await;
+    b.find("#login-form").await;
+    b.wait_for_text("log in again").await;
+
+    // An agent may read and add notes, and is offered nothing else.
+    log_in(&b, &app.base, "agent@crm.local", "agent-password-123").await;
+    for admin_only in ["staff", "webhooks", "audit"] {
+        let hidden = b
+            .js(
+                &format!("return document.querySelector('[data-nav={admin_only}]').hidden"),
+                vec![],
+            )
+            .await;
+        assert_eq!(hidden, json!(true), "an agent is not offered the {admin_only} page");
+    }
+    b.goto(&app.url(&format!("/#/clients/{client_id}"))).await;
+    b.find("#note-form").await;
+    b.find("#accounts table").await;
+    for absent in [
+        "#impersonate",
+        "#adjust-form",
+        "#leverage-form",
+        "#subaccount-form",
+        "#kyc-form",
+    ] {
+        assert!(!b.exists(absent).await, "an agent must not be offered {absent}");
+    }
+    assert_eq!(
+        b.text(&cell("realBalance")).await,
+        "59.99",
+        "agents still read balances"
+    );
+
+    // Logging out forgets the token.
+    b.click("#logout").await;
+    b.find("#login-form").await;
+    assert_eq!(
+        b.js("return sessionStorage.getItem('crm.token')", vec![]).await,
+        Value::Null
+    );
+    b.client.clone().close().await.unwrap();
+}
