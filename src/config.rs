@@ -74,6 +74,8 @@ pub struct Settings {
     /// Requests per minute per service-API caller; 0 switches the limit off.
     pub service_rate_limit: u32,
     pub webhook_max_body_bytes: usize,
+    /// How long a client may take to send a request body once its headers are in.
+    pub body_timeout: Duration,
     pub log_format: LogFormat,
     /// Where `serve` writes scheduled backups, how often (`None` = never) and how many it keeps.
     pub backup_dir: PathBuf,
@@ -103,6 +105,7 @@ struct FileConfig {
     trading_platform_url: Option<String>,
     service_rate_limit: Option<u32>,
     webhook_max_body_bytes: Option<usize>,
+    body_timeout_secs: Option<u64>,
     log_format: Option<String>,
     backup_dir: Option<PathBuf>,
     backup_interval: Option<String>,
@@ -184,6 +187,10 @@ impl Settings {
         if webhook_max_body_bytes < 1024 {
             return Err(err("webhook_max_body_bytes must be at least 1024"));
         }
+        let body_timeout_secs = number("CRM_BODY_TIMEOUT_SECS", &env, file.body_timeout_secs, 30)?;
+        if !(1..=3600).contains(&body_timeout_secs) {
+            return Err(err("body_timeout_secs must be between 1 and 3600"));
+        }
         let backup_interval = match env("CRM_BACKUP_INTERVAL").or(file.backup_interval.clone()) {
             Some(text) => parse_interval(&text).ok_or_else(|| {
                 err(format!(
@@ -247,6 +254,7 @@ impl Settings {
             trading_platform_url,
             service_rate_limit,
             webhook_max_body_bytes,
+            body_timeout: Duration::from_secs(body_timeout_secs),
             log_format,
             backup_dir,
             backup_interval,

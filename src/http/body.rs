@@ -10,10 +10,12 @@ use serde::de::DeserializeOwned;
 use warp::Filter;
 
 use super::error::ApiError;
+use super::server::BodyTimeout;
 
 /// Staff and service requests are small; webhooks have their own configurable limit.
 pub const DEFAULT_LIMIT: usize = 64 * 1024;
-/// A client that trickles its body slower than this is cut off.
+/// A client that trickles its body slower than this is cut off, unless the accept loop says
+/// otherwise (`body_timeout_secs`).
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Extracts the raw body, or the reason it was refused (413, 408). Never rejects, so the handler
@@ -22,16 +24,20 @@ pub fn raw(
     limit: usize,
 ) -> impl Filter<Extract = (Result<Bytes, ApiError>,), Error = std::convert::Infallible> + Clone {
     warp::header::optional::<u64>("content-length")
+        .and(warp::ext::optional::<BodyTimeout>())
         .and(warp::body::stream())
-        .then(move |declared: Option<u64>, stream| async move {
-            if declared.is_some_and(|n| n > limit as u64) {
-                return Err(too_large(limit));
-            }
-            match tokio::time::timeout(BODY_TIMEOUT, collect(stream, limit)).await {
-                Ok(result) => result,
-                Err(_) => Err(ApiError::Timeout),
-            }
-        })
+        .then(
+            move |declared: Option<u64>, timeout: Option<BodyTimeout>, stream| async move {
+                if declared.is_some_and(|n| n > limit as u64) {
+                    return Err(too_large(limit));
+                }
+                let timeout = timeout.map_or(BODY_TIMEOUT, |t| t.0);
+                match tokio::time::timeout(timeout, collect(stream, limit)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(ApiError::Timeout),
+                }
+            },
+        )
         .recover(|_| async {
             Ok::<_, std::convert::Infallible>(Err(ApiError::BadRequest("unreadable request body".into())))
         })
@@ -84,7 +90,72 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })?;
     de.end()
         .map_err(|_| ApiError::BadRequest("invalid JSON body: trailing characters after the object".into()))?;
+    refuse_duplicate_keys(bytes)?;
     Ok(value)
+}
+
+/// Refuses a body in which some object names a key twice. serde keeps the last one silently
+/// (for struct fields nested in a map, and for `Map` fields such as a webhook's `data`), so
+/// `{"amount":"1","amount":"1000"}` would be booked as 1000 while another reader of the same
+/// signed bytes (a log, the platform's own records) may well see 1: an ambiguous body is refused.
+fn refuse_duplicate_keys(bytes: &[u8]) -> Result<(), ApiError> {
+    serde_json::from_slice::<UniqueKeys>(bytes)
+        .map(|_| ())
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {}", strip_position(&e.to_string()))))
+}
+
+/// Any JSON value, checked for repeated keys on the way through (serde_json's nesting limit
+/// still applies, so deep bodies cannot exhaust the stack here either).
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeys)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeys {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+
+    // With `arbitrary_precision` a number also arrives here, as a one-key map.
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key) {
+                return Err(serde::de::Error::custom("an object names the same key twice"));
+            }
+            map.next_value::<UniqueKeys>()?;
+        }
+        Ok(UniqueKeys)
+    }
 }
 
 /// serde_json appends " at line L column C"; people reading a field error don't need it.
@@ -92,5 +163,29 @@ fn strip_position(msg: &str) -> String {
     match msg.rfind(" at line ") {
         Some(i) => msg[..i].to_string(),
         None => msg.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    struct Body {
+        #[allow(dead_code)]
+        data: serde_json::Map<String, serde_json::Value>,
+    }
+
+    #[test]
+    fn a_key_named_twice_at_any_depth_is_refused() {
+        assert!(parse_json::<Body>(br#"{"data": {"amount": "1", "n": 100.5, "list": [{"a": 1}]}}"#).is_ok());
+        for body in [
+            r#"{"data": {"amount": "1", "amount": "1000"}}"#,
+            r#"{"data": {"list": [{"a": 1, "a": 2}]}}"#,
+            r#"{"data": {"x": {"y": {}, "y": {}}}}"#,
+        ] {
+            let e = parse_json::<Body>(body.as_bytes()).unwrap_err().to_string();
+            assert!(e.contains("same key twice"), "{body}: {e}");
+        }
     }
 }

@@ -140,5 +140,6 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    server::run(routes(state), listener, shutdown).await;
+    let body_timeout = state.settings.body_timeout;
+    server::run(routes(state), listener, body_timeout, shutdown).await;
 }

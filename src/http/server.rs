@@ -24,8 +24,17 @@ const MAX_CONNECTIONS: usize = 1024;
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
-pub async fn run<F, R>(filter: F, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static)
-where
+/// How long a request's body may take to arrive (`body_timeout_secs`), put into its extensions
+/// beside the peer address so `body::raw` needs no global setting.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeout(pub Duration);
+
+pub async fn run<F, R>(
+    filter: F,
+    listener: TcpListener,
+    body_timeout: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) where
     F: Filter<Extract = (R,), Error = std::convert::Infallible> + Clone + Send + Sync + 'static,
     R: warp::Reply,
 {
@@ -51,6 +60,7 @@ where
         let service = warp::service(filter.clone());
         let handler = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(PeerAddr(peer));
+            req.extensions_mut().insert(BodyTimeout(body_timeout));
             let mut service = service.clone();
             service.call(req)
         });

@@ -9,6 +9,7 @@ mod fields;
 pub mod payload;
 mod process;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -18,7 +19,7 @@ use warp::http::{HeaderMap, StatusCode};
 use warp::Filter;
 
 use super::error::ApiError;
-use super::{body, client_ip, with_state, AppState};
+use super::{body, client_ip, ratelimit, with_state, AppState};
 use crate::security::signature;
 use crate::store::audit::{self, actions, actors, Audit};
 use crate::store::webhooks::{self, NewAttempt, Status};
@@ -28,18 +29,27 @@ use process::Delivery;
 /// Unverified attempts audited per minute at most; beyond it a flood still lands in the
 /// (capped) attempt log but no longer grows the append-only audit log.
 const UNVERIFIED_AUDITS_PER_MINUTE: i64 = 100;
+/// Unverified attempts (bad signature, refused body) accepted per minute per address. Each one
+/// costs a write and a disk sync to record; beyond this an address gets 429 and nothing is
+/// written. Signed deliveries are never limited, so a flood cannot delay the platform's events.
+const UNVERIFIED_PER_MINUTE_PER_IP: u32 = 60;
 
 pub fn routes(state: AppState) -> BoxedFilter<(warp::reply::Response,)> {
     let limit = state.settings.webhook_max_body_bytes;
+    let unverified = ratelimit::Limiter::per_minute(UNVERIFIED_PER_MINUTE_PER_IP);
+    if let Some(limiter) = &unverified {
+        ratelimit::Limiter::spawn_sweeper(limiter);
+    }
     let receive = warp::path!("api" / "webhooks" / "site")
         .and(warp::post())
         .and(arrival())
         .and(warp::header::headers_cloned())
         .and(body::raw(limit))
         .and(with_state(state.clone()))
+        .and(warp::any().map(move || unverified.clone()))
         .then(
-            |arrival: Arrival, headers: HeaderMap, body: Result<Bytes, ApiError>, state: AppState| async move {
-                receive(state, arrival, headers, body).await
+            |arrival: Arrival, headers: HeaderMap, body: Result<Bytes, ApiError>, state: AppState, limiter| async move {
+                receive(state, limiter, arrival, headers, body).await
             },
         );
     receive.or(admin::routes(state)).unify().boxed()
@@ -63,6 +73,7 @@ fn arrival() -> impl Filter<Extract = (Arrival,), Error = std::convert::Infallib
 
 async fn receive(
     state: AppState,
+    unverified: Option<Arc<ratelimit::Limiter>>,
     arrival: Arrival,
     headers: HeaderMap,
     body: Result<Bytes, ApiError>,
@@ -70,6 +81,9 @@ async fn receive(
     let body = match body {
         Ok(body) => body,
         Err(e) => {
+            if let Some(refusal) = over_unverified_limit(unverified.as_deref(), &arrival.ip) {
+                return refusal;
+            }
             let declared = header(&headers, "content-length").and_then(|v| v.parse().ok());
             return record_unverified(&state.db, arrival, Bytes::new(), declared, e).await;
         }
@@ -82,6 +96,9 @@ async fn receive(
         secrets.webhook_previous.as_ref().map(|s| s.bytes()),
     );
     let Some(secret) = verified else {
+        if let Some(refusal) = over_unverified_limit(unverified.as_deref(), &arrival.ip) {
+            return refusal;
+        }
         let e = ApiError::Unauthorized("Invalid signature".into());
         return record_unverified(&state.db, arrival, body, None, e).await;
     };
@@ -94,6 +111,22 @@ async fn receive(
         rerun: None,
     };
     warp::Reply::into_response(process::deliver(&state.db, delivery).await)
+}
+
+/// A 429 when `ip` has sent too many unverified attempts this minute. Such a refusal is neither
+/// recorded nor audited (that write is what the limit saves); the log line still shows it.
+fn over_unverified_limit(limiter: Option<&ratelimit::Limiter>, ip: &str) -> Option<warp::reply::Response> {
+    match limiter?.check(&format!("ip:{ip}")) {
+        ratelimit::Verdict::Allowed => None,
+        ratelimit::Verdict::Limited { retry_after_secs, .. } => {
+            tracing::warn!(%ip, "unverified webhook attempts over the limit: refused unrecorded");
+            let message = "Too many unsigned or invalid webhook attempts; retry later".to_string();
+            Some(warp::Reply::into_response(ApiError::TooManyRequests {
+                message,
+                retry_after_secs,
+            }))
+        }
+    }
 }
 
 /// A header's value, or `None` when absent or not visible ASCII (which no valid one is).

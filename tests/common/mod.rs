@@ -307,3 +307,238 @@ pub async fn into_parts(resp: reqwest::Response) -> (u16, Value) {
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, body)
 }
+
+// ---- the books, read straight from SQLite (reliability tests) ----------------------------------
+
+/// What the Trading Platform needs to send webhooks: cheap to clone into sender tasks, and not
+/// tied to the `TestApp`, so a test can kill the server while senders are still sending.
+#[derive(Clone)]
+pub struct Platform {
+    pub base: String,
+    pub secret: String,
+    pub http: reqwest::Client,
+}
+
+impl Platform {
+    /// Signs and posts one event; `Err` when no answer came (connection refused or cut).
+    pub async fn send(&self, body: &Value) -> Result<(u16, Value), reqwest::Error> {
+        let raw = serde_json::to_vec(body).unwrap();
+        let resp = self
+            .http
+            .post(format!("{}/api/webhooks/site", self.base))
+            .header("content-type", "application/json")
+            .header("x-webhook-signature", sign(&self.secret, &raw))
+            .body(raw)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    }
+
+    pub async fn deposit(&self, email: &str, amount: &str, tx: &str) -> Result<(u16, Value), reqwest::Error> {
+        self.send(&json!({
+            "event": "deposit.completed",
+            "data": { "email": email, "amount": amount, "transactionId": tx },
+            "timestamp": "2025-10-13T19:00:00Z"
+        }))
+        .await
+    }
+}
+
+/// One ledger entry as the reliability tests compare them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub fund: String,
+    pub amount: i64,
+    pub external_ref: Option<String>,
+}
+
+impl TestApp {
+    pub fn platform(&self) -> Platform {
+        Platform {
+            base: self.base.clone(),
+            secret: self.secrets.webhook.clone(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// The primary account id of the client with `email`.
+    pub fn account_id(&self, email: &str) -> String {
+        self.sqlite()
+            .query_row(
+                "SELECT a.id FROM accounts a JOIN clients c ON c.id = a.client_id
+                 WHERE c.email = ?1 AND a.parent_id IS NULL",
+                [email],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    /// (real, demo, bonus) of an account in hundred-millionths.
+    pub fn funds(&self, account: &str) -> (i64, i64, i64) {
+        self.sqlite()
+            .query_row(
+                "SELECT real_balance, demo_balance, bonus_balance FROM accounts WHERE id = ?1",
+                [account],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap()
+    }
+
+    /// Every ledger entry of an account, oldest first.
+    pub fn ledger(&self, account: &str) -> Vec<Entry> {
+        let conn = self.sqlite();
+        let mut stmt = conn
+            .prepare("SELECT fund_type, amount, external_ref FROM ledger_entries WHERE account_id = ?1 ORDER BY seq")
+            .unwrap();
+        stmt.query_map([account], |r| {
+            Ok(Entry {
+                fund: r.get(0)?,
+                amount: r.get(1)?,
+                external_ref: r.get(2)?,
+            })
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    }
+
+    /// The invariants that must hold after anything at all: every balance of every account equals
+    /// the sum of its ledger entries per fund and none is negative, no transaction id is on the
+    /// ledger twice, and `crm verify` (integrity, balances, audit chain) passes.
+    pub fn assert_books_balance(&self) {
+        let conn = self.sqlite();
+        let mismatched: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM accounts a WHERE a.real_balance < 0 OR a.demo_balance < 0 OR a.bonus_balance < 0
+                 OR a.real_balance <> (SELECT COALESCE(SUM(amount), 0) FROM ledger_entries l
+                                       WHERE l.account_id = a.id AND l.fund_type = 'real')
+                 OR a.demo_balance <> (SELECT COALESCE(SUM(amount), 0) FROM ledger_entries l
+                                       WHERE l.account_id = a.id AND l.fund_type = 'demo')
+                 OR a.bonus_balance <> (SELECT COALESCE(SUM(amount), 0) FROM ledger_entries l
+                                        WHERE l.account_id = a.id AND l.fund_type = 'bonus')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            mismatched, 0,
+            "an account's balance differs from its ledger or is negative"
+        );
+        let twice: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM (SELECT external_ref FROM ledger_entries WHERE external_ref IS NOT NULL
+                 GROUP BY external_ref HAVING COUNT(*) > 1)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(twice, 0, "a transaction is on the ledger more than once");
+        let verify = self.crm(&["verify"]);
+        assert!(
+            verify.status.success(),
+            "crm verify failed:\n{}{}",
+            String::from_utf8_lossy(&verify.stdout),
+            String::from_utf8_lossy(&verify.stderr)
+        );
+    }
+
+    /// Every row of the tables that hold business state, ordered by primary key, as text: two
+    /// equal snapshots mean nothing a client or staff member can see has changed.
+    pub fn business_snapshot(&self) -> Vec<(String, Vec<String>)> {
+        const TABLES: [(&str, &str); 7] = [
+            ("clients", "id"),
+            ("accounts", "id"),
+            ("ledger_entries", "seq"),
+            ("notes", "id"),
+            ("staff_users", "id"),
+            ("processed_webhooks", "dedupe_key"),
+            ("sso_sessions", "id"),
+        ];
+        let conn = self.sqlite();
+        TABLES
+            .iter()
+            .map(|(table, key)| {
+                let mut stmt = conn.prepare(&format!("SELECT * FROM {table} ORDER BY {key}")).unwrap();
+                let columns = stmt.column_count();
+                let rows = stmt
+                    .query_map([], |r| {
+                        let cells: Vec<String> = (0..columns)
+                            .map(|i| format!("{:?}", r.get::<_, rusqlite::types::Value>(i).ok()))
+                            .collect();
+                        Ok(cells.join("|"))
+                    })
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect();
+                (table.to_string(), rows)
+            })
+            .collect()
+    }
+}
+
+/// An answer read off the wire: for requests reqwest would not send as written (dot segments,
+/// NUL bytes, lying lengths) and for checking headers.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    /// Header names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+}
+
+/// Sends `request` as it is over a new connection and reads until the server closes it (send
+/// `Connection: close`). `None` when the server closed without answering.
+pub async fn raw_request(app: &TestApp, request: &[u8]) -> Option<RawResponse> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = app.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The server may answer and close before taking all of a refused request.
+    let _ = stream.write_all(request).await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut buf)).await;
+    parse_response(&buf)
+}
+
+fn parse_response(buf: &[u8]) -> Option<RawResponse> {
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = buf[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    if chunked {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..eol]).trim(), 16).ok()?;
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(rest.get(eol + 2..eol + 2 + size)?);
+            rest = rest.get(eol + 4 + size..)?;
+        }
+        body = out;
+    }
+    Some(RawResponse { status, headers, body })
+}

@@ -49,7 +49,12 @@ pub struct Answer {
 
 impl warp::Reply for Answer {
     fn into_response(self) -> warp::reply::Response {
-        warp::reply::with_status(warp::reply::json(&self.body), self.status).into_response()
+        let mut resp = warp::reply::with_status(warp::reply::json(&self.body), self.status).into_response();
+        // A busy or full database (503): tell the platform when to retry, as ApiError does.
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(warp::http::header::RETRY_AFTER, 1.into());
+        }
+        resp
     }
 }
 
