@@ -44,6 +44,8 @@ pub struct AppState {
     pub service_limiter: Option<Arc<ratelimit::Limiter>>,
     /// Failed staff logins per email and per address (see `throttle.rs`).
     pub login_throttle: Arc<throttle::LoginThrottle>,
+    /// Audit entries for unauthenticated service calls, per address and minute.
+    pub service_unauthorized_notices: Arc<ratelimit::Notices>,
 }
 
 impl AppState {
@@ -52,8 +54,12 @@ impl AppState {
         if let Some(limiter) = &service_limiter {
             ratelimit::Limiter::spawn_sweeper(limiter);
         }
+        let service_unauthorized_notices =
+            Arc::new(ratelimit::Notices::per_minute(service::UNAUTHORIZED_AUDITS_PER_MINUTE));
+        ratelimit::spawn_sweeper(&service_unauthorized_notices, ratelimit::Notices::retain_recent);
         AppState {
             service_limiter,
+            service_unauthorized_notices,
             db,
             settings: Arc::new(settings),
             secrets: Arc::new(secrets),
