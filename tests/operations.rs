@@ -296,3 +296,65 @@ async fn metrics_count_requests_by_route_and_status() {
     );
     assert!(text.contains("crm_db_pool_connections"), "{text}");
 }
+
+#[tokio::test]
+async fn a_backup_taken_during_a_write_load_is_consistent_and_verifies() {
+    let app = std::sync::Arc::new(spawn_app());
+    for i in 0..8 {
+        app.register(&format!("load{i}@example.com")).await;
+    }
+    // Deposits keep arriving from several senders while backups are taken.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for s in 0..4 {
+        let (app, stop) = (app.clone(), stop.clone());
+        senders.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 2_000 {
+                let (status, body) = app
+                    .deposit(&format!("load{}@example.com", n % 8), "1.25", &format!("S{s}-{n}"))
+                    .await;
+                assert_eq!(status, 200, "{body}");
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut backups = Vec::new();
+    for b in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let path = app.dir.path().join(format!("under-load-{b}.db"));
+        let app2 = app.clone();
+        let out_path = path.clone();
+        let out = tokio::task::spawn_blocking(move || app2.crm(&["backup", "--out", out_path.to_str().unwrap()]))
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        backups.push(path);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut sent = 0;
+    for s in senders {
+        sent += s.await.unwrap();
+    }
+    assert!(sent > 0);
+    for path in &backups {
+        assert!(integrity_ok(path), "{}", path.display());
+        let out = crm_command(app.dir.path())
+            .args(["verify", "--database", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}: {}", path.display(), stdout(&out));
+    }
+    // The live database is sound too, and holds every acknowledged deposit.
+    assert!(app.crm(&["verify"]).status.success());
+    let ledger: i64 = app
+        .sqlite()
+        .query_row(
+            "SELECT COUNT(*) FROM ledger_entries WHERE reason = 'deposit'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(ledger, sent as i64);
+}

@@ -108,6 +108,9 @@ async fn every_staff_route_answers_each_role_as_the_spec_says() {
         ),
         route(Method::GET, "/api/audit".into(), None, KYC, 200),
         route(Method::GET, "/api/audit.csv".into(), None, KYC, 200),
+        // The webhook log shows every client's raw data: the same readers as the audit log.
+        route(Method::GET, "/api/webhooks".into(), None, KYC, 200),
+        route(Method::GET, format!("/api/clients/{cid}/activity"), None, ALL, 200),
         route(Method::GET, "/api/staff".into(), None, ADMIN, 200),
         route(
             Method::POST,

@@ -831,13 +831,24 @@ async fn a_repeated_deposit_is_a_duplicate_and_credits_once() {
         (200, json!({ "status": "duplicate" })),
         "a retry with a new timestamp and an event id is still the same deposit"
     );
+    assert_eq!(last_attempt(&app)["dedupeKey"], "id:evt-9");
+    let same_amount_as_a_number = json!({ "email": "d@example.com", "amount": 100.0, "transactionId": "TX-1" });
+    assert_eq!(
+        app.event("deposit.completed", same_amount_as_a_number).await,
+        (200, json!({ "status": "duplicate" })),
+        "the same deposit written another way is still a duplicate, not a conflict"
+    );
     assert_eq!(balances(&app, "d@example.com").0, "100.00");
     assert_eq!(count(&app, "SELECT COUNT(*) FROM ledger_entries"), 1);
     assert_eq!(
         statuses(&app)[1..],
-        ["processed".to_string(), "duplicate".into(), "duplicate".into()]
+        [
+            "processed".to_string(),
+            "duplicate".into(),
+            "duplicate".into(),
+            "duplicate".into()
+        ]
     );
-    assert_eq!(last_attempt(&app)["dedupeKey"], "id:evt-9");
 }
 
 #[tokio::test]

@@ -37,6 +37,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let addr = listener.local_addr()?;
+        let shutdown = shutdown_signal()?;
         tracing::info!(%addr, database = %settings.database.display(), "CRM started");
         // Tests and scripts read this line to learn the port when listening on :0.
         println!("listening on http://{addr}");
@@ -49,7 +50,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
             ));
         }
         let state = AppState::new(db, settings.clone(), secrets);
-        http::serve(state, listener, shutdown_signal()).await;
+        http::serve(state, listener, shutdown).await;
         tracing::info!("CRM stopped");
         Ok::<_, anyhow::Error>(())
     })?;
@@ -86,24 +87,27 @@ fn init_logging(format: LogFormat) {
     };
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Listens for SIGINT and SIGTERM. The handlers are installed here, before the server says it
+/// is listening, so a signal sent right after start-up is never missed (the default action
+/// would kill the process mid-request).
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutting down: finishing requests in flight");
+        tracing::info!("shutting down: finishing requests in flight");
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down: finishing requests in flight");
+    })
 }

@@ -86,6 +86,12 @@ impl Role {
     pub fn may_change_kyc(self) -> bool {
         matches!(self, Role::Admin | Role::Manager)
     }
+
+    /// The audit log and the webhook log (raw bodies carry client data across all clients)
+    /// are for managers and admins.
+    pub fn may_read_logs(self) -> bool {
+        matches!(self, Role::Admin | Role::Manager)
+    }
 }
 
 #[cfg(test)]

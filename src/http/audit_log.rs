@@ -12,7 +12,6 @@ use super::auth::{self, StaffSession};
 use super::error::{respond, ApiError};
 use super::query::{self, Params};
 use super::{with_state, AppState};
-use crate::domain::Role;
 use crate::store::audit::{self, AuditQuery, AuditRow};
 
 /// Rows the store returns per query; the CSV export pages through the log with it.
@@ -39,7 +38,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(warp::reply::Response,)> {
 
 /// `{"entries": [...], "nextCursor"}`, newest first.
 async fn list(state: AppState, session: Session, params: QueryParams) -> Result<impl Reply, ApiError> {
-    require_audit_rights(&session?)?;
+    session?.require_log_rights()?;
     let params = params?;
     let limit = query::limit(&params, 100, 500)?;
     let mut q = filters(&params)?;
@@ -52,7 +51,7 @@ async fn list(state: AppState, session: Session, params: QueryParams) -> Result<
 
 /// The matching rows as CSV, newest first; `limit` (default 10000, at most 100000) caps the rows.
 async fn export(state: AppState, session: Session, params: QueryParams) -> Result<impl Reply, ApiError> {
-    require_audit_rights(&session?)?;
+    session?.require_log_rights()?;
     let params = params?;
     let limit = query::limit(&params, 10_000, 100_000)?;
     let q = filters(&params)?;
@@ -82,13 +81,6 @@ fn read_all(conn: &rusqlite::Connection, mut q: AuditQuery, limit: u32) -> crate
         }
     }
     Ok(rows)
-}
-
-fn require_audit_rights(session: &StaffSession) -> Result<(), ApiError> {
-    match session.role() {
-        Role::Admin | Role::Manager => Ok(()),
-        Role::Agent => Err(ApiError::Forbidden("Manager or administrator role required".into())),
-    }
 }
 
 /// `actor`, `action`, `target` match exactly; `outcome` is `success` or `failure`; `from` and

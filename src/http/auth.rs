@@ -35,6 +35,15 @@ impl StaffSession {
         }
     }
 
+    /// 403 unless the user may read the audit and webhook logs (admins and managers).
+    pub fn require_log_rights(&self) -> Result<(), ApiError> {
+        if self.user.role.may_read_logs() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("Manager or administrator role required".into()))
+        }
+    }
+
     /// 403 unless the user may change KYC (admins and managers).
     pub fn require_kyc_rights(&self) -> Result<(), ApiError> {
         if self.user.role.may_change_kyc() {

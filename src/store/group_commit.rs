@@ -51,7 +51,15 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Job>) {
             return;
         }
     };
-    let completions: Vec<Completion> = batch.into_iter().map(|job| job(Some(&tx))).collect();
+    let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
+    for job in batch {
+        // After some errors (disk full, I/O, out of memory) SQLite rolls the whole transaction
+        // back by itself. Nothing more may run then: a job's SAVEPOINT would open a transaction
+        // of its own and its RELEASE would commit it behind the batch's back. The failed commit
+        // below then reports every job of the batch as not applied, which is the truth.
+        let usable = !tx.is_autocommit();
+        completions.push(job(usable.then_some(&tx)));
+    }
     let outcome = tx.commit();
     for done in completions {
         done(outcome.as_ref().err());
@@ -87,13 +95,18 @@ fn in_savepoint<T>(tx: &Transaction, f: impl FnOnce(&Transaction) -> StoreResult
     tx.execute_batch("SAVEPOINT job")?;
     let result = catch_unwind(AssertUnwindSafe(|| f(tx)))
         .unwrap_or_else(|_| Err(StoreError::Other(anyhow::anyhow!("a database write panicked"))));
-    let end = if result.is_ok() {
-        "RELEASE job"
-    } else {
-        "ROLLBACK TO job; RELEASE job"
-    };
-    tx.execute_batch(end)?;
-    result
+    match result {
+        Ok(value) => {
+            tx.execute_batch("RELEASE job")?;
+            Ok(value)
+        }
+        Err(e) => {
+            // If SQLite already rolled everything back, this fails too; the job's own error is
+            // the one worth reporting.
+            let _ = tx.execute_batch("ROLLBACK TO job; RELEASE job");
+            Err(e)
+        }
+    }
 }
 
 fn commit_failure(e: &rusqlite::Error) -> StoreError {
@@ -149,6 +162,36 @@ mod tests {
             .read_sync(|c| Ok(c.query_row("SELECT COUNT(*) FROM t WHERE n % 3 = 0", [], |r| r.get(0))?))
             .unwrap();
         assert_eq!(refused, 0);
+    }
+
+    #[test]
+    fn when_sqlite_abandons_the_transaction_no_later_write_runs_or_reports_success() {
+        let (_dir, db) = scratch_db();
+        let insert = |n: i64| job(move |tx| Ok(tx.execute("INSERT INTO t (n) VALUES (?1)", [n])?));
+        let (first, first_result) = insert(1);
+        // Stands in for SQLite's own rollback after SQLITE_FULL or an I/O error.
+        let (abandon, abandon_result) = job(|tx| {
+            tx.execute_batch("ROLLBACK")?;
+            Ok(())
+        });
+        let (after, after_result) = insert(2);
+        {
+            let mut conn = db.writer.lock().unwrap();
+            commit_batch(&mut conn, vec![first, abandon, after]);
+        }
+        assert!(
+            first_result.blocking_recv().unwrap().is_err(),
+            "its write was rolled back with the batch"
+        );
+        assert!(abandon_result.blocking_recv().unwrap().is_err());
+        assert!(matches!(
+            after_result.blocking_recv().unwrap(),
+            Err(StoreError::Unavailable)
+        ));
+        let rows: i64 = db
+            .read_sync(|c| Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(rows, 0, "nothing of the abandoned batch was committed");
     }
 
     #[tokio::test]

@@ -1,4 +1,4 @@
-//! The staff webhook log: list and read every attempt (any staff role), and re-run a stored
+//! The staff webhook log: list and read every attempt (managers and admins), and re-run a stored
 //! signed attempt that did not take effect (admins only).
 
 use std::collections::HashMap;
@@ -58,7 +58,7 @@ async fn list(
     params: Result<HashMap<String, String>, ApiError>,
     state: AppState,
 ) -> Result<impl warp::Reply, ApiError> {
-    session?;
+    session?.require_log_rights()?;
     let query = parse_query(params?)?;
     let limit = query.limit;
     let events = state.db.read(move |c| webhooks::list(c, &query)).await?;
@@ -133,7 +133,7 @@ struct Detail {
 }
 
 async fn one(id: Uuid, session: Session, state: AppState) -> Result<impl warp::Reply, ApiError> {
-    session?;
+    session?.require_log_rights()?;
     let attempt = state.db.read(move |c| webhooks::get(c, &id.to_string())).await?;
     let raw_body = String::from_utf8_lossy(&attempt.raw_body).into_owned();
     Ok(warp::reply::json(&Detail { attempt, raw_body }))
@@ -190,6 +190,16 @@ fn verified_secret(original: &Attempt) -> Result<&'static str, ApiError> {
             ))
         }
     };
+    // The guide: a refused withdrawal is BLOCKED and "no balance changes occur". The platform
+    // acts on that answer, so re-running it later (say, after a deposit) would take money the
+    // platform never paid out. Only the platform may send a withdrawal again.
+    if original.event == "withdrawal.completed" {
+        return Err(ApiError::Conflict(
+            "A refused withdrawal is never re-processed: the Trading Platform was told it was refused. \
+             Ask the platform to send it again if it was really paid out"
+                .into(),
+        ));
+    }
     match Status::parse(&original.status) {
         Some(Status::Failed | Status::Rejected | Status::Conflict) => Ok(secret),
         _ => Err(ApiError::Conflict(format!(

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use warp::http::StatusCode;
 
 use super::effects::{self, Ctx};
-use super::payload::{self, Event};
+use super::payload::{self, Action, Event};
 use crate::http::error::ApiError;
 use crate::store::audit::{self, actions, Audit};
 use crate::store::webhooks::{self, NewAttempt, Status};
@@ -72,13 +72,31 @@ impl Keys {
             (None, Some(tx)) => format!("tx:{tx}"),
             (None, None) => format!("body:{}", sha256_hex(raw)),
         };
-        // serde_json's maps are sorted (no `preserve_order`), so this text is canonical.
-        let content = sha256_hex(format!("{}\n{}", event.name.as_str(), event.data).as_bytes());
+        let content = sha256_hex(content_of(event).as_bytes());
         Keys {
             dedupe,
             transaction_id,
             content,
         }
+    }
+}
+
+/// What "the same event" means. A money event is its parsed movement, so a retry that writes
+/// the amount as `100` instead of `"100.00"` is still a duplicate, not a conflict. Other events
+/// are their `data` as sent (serde_json's maps are sorted, so the text is canonical).
+fn content_of(event: &Event) -> String {
+    match &event.action {
+        Action::Deposit(m) | Action::Withdraw(m) => format!(
+            "{}\nemail={}\nclientId={}\naccount={}\namount={}\ncurrency={}\ntransactionId={}",
+            event.name.as_str(),
+            m.who.email.as_ref().map(|e| e.as_str()).unwrap_or(""),
+            m.who.platform_id.as_deref().unwrap_or(""),
+            m.account_id.as_deref().unwrap_or(""),
+            m.amount.atoms(),
+            m.currency.as_deref().unwrap_or("").to_ascii_uppercase(),
+            m.transaction_id,
+        ),
+        _ => format!("{}\n{}", event.name.as_str(), event.data),
     }
 }
 

@@ -1,0 +1,134 @@
+//! Driving a phase of load: many keep-alive connections, each sending its next request as soon
+//! as the previous answer arrived, with every latency recorded.
+// Shared by the `bench` and `scale` examples; each uses only part of it.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::client::{Conn, Response};
+use crate::server::{cpu_seconds, proc_status_kib};
+
+pub enum Limit {
+    Count(u64),
+    For(Duration),
+}
+
+/// What one phase measured.
+#[derive(Default)]
+pub struct Phase {
+    pub elapsed: Duration,
+    /// Latency of each successful request, microseconds, sorted.
+    pub micros: Vec<u32>,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    /// The sequence numbers of successful requests.
+    pub acked: Vec<u64>,
+    pub server_cpu: f64,
+    pub generator_cpu: f64,
+    pub peak_rss_kib: u64,
+}
+
+/// Runs one phase: every connection sends request `n` (from a shared counter), waits for the
+/// answer, records it, and sends the next, until the limit is reached. `make` returns the
+/// request and the tag recorded in `acked` when the answer is accepted.
+pub async fn drive(
+    conns: Vec<Conn>,
+    limit: Limit,
+    make: impl Fn(u64) -> Option<(u64, Vec<u8>)> + Send + Sync + 'static,
+    accept: impl Fn(&Response) -> bool + Send + Sync + 'static,
+    pid: Option<u32>,
+) -> (Vec<Conn>, Phase) {
+    let (count, deadline) = match limit {
+        Limit::Count(n) => (n, None),
+        Limit::For(d) => (u64::MAX, Some(Instant::now() + d)),
+    };
+    let next = Arc::new(AtomicU64::new(0));
+    let make = Arc::new(make);
+    let accept = Arc::new(accept);
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = pid.map(|pid| {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while sampling.load(Ordering::Relaxed) {
+                peak = peak.max(proc_status_kib(pid, "VmRSS").unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        })
+    });
+    let cpu_before = (pid.and_then(|p| cpu_seconds(&p.to_string())), cpu_seconds("self"));
+    let started = Instant::now();
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|mut conn| {
+            let (next, make, accept) = (next.clone(), make.clone(), accept.clone());
+            tokio::spawn(async move {
+                let mut out = Phase::default();
+                loop {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        break;
+                    }
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= count {
+                        break;
+                    }
+                    let Some((tag, req)) = make(n) else { break };
+                    let sent = Instant::now();
+                    let answer = conn.send(&req).await;
+                    let micros = sent.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                    match answer {
+                        Ok(r) if accept(&r) => {
+                            out.micros.push(micros);
+                            out.acked.push(tag);
+                        }
+                        Ok(r) => {
+                            out.errors += 1;
+                            out.first_error
+                                .get_or_insert_with(|| format!("{} {}", r.status, String::from_utf8_lossy(&r.body)));
+                        }
+                        Err(e) => {
+                            out.errors += 1;
+                            out.first_error.get_or_insert_with(|| e.to_string());
+                        }
+                    }
+                }
+                (conn, out)
+            })
+        })
+        .collect();
+    let mut conns = Vec::new();
+    let mut phase = Phase::default();
+    for task in tasks {
+        // A task only ends by returning; a panic here is a bug in this program.
+        let (conn, out) = task.await.unwrap_or_else(|e| panic!("a load task failed: {e}"));
+        conns.push(conn);
+        phase.micros.extend(out.micros);
+        phase.acked.extend(out.acked);
+        phase.errors += out.errors;
+        if phase.first_error.is_none() {
+            phase.first_error = out.first_error;
+        }
+    }
+    phase.elapsed = started.elapsed();
+    phase.micros.sort_unstable();
+    sampling.store(false, Ordering::Relaxed);
+    phase.peak_rss_kib = sampler.and_then(|s| s.join().ok()).unwrap_or(0);
+    if let (Some(before), Some(after)) = (cpu_before.0, pid.and_then(|p| cpu_seconds(&p.to_string()))) {
+        phase.server_cpu = after - before;
+    }
+    if let (Some(before), Some(after)) = (cpu_before.1, cpu_seconds("self")) {
+        phase.generator_cpu = after - before;
+    }
+    (conns, phase)
+}
+
+pub fn percentile_ms(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i] as f64 / 1000.0
+}
