@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -84,6 +84,9 @@ pub struct Settings {
     /// The address staff and the Trading Platform use, e.g. behind a TLS proxy; `crm doctor`
     /// checks that it is https.
     pub public_url: Option<String>,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (see `http::resolve_client_ip`); empty
+    /// means the TCP peer is the client.
+    pub trusted_proxies: Vec<IpAddr>,
     /// Configured secrets by environment name (including `*_PREVIOUS`), before first-run fill-in.
     pub secrets: BTreeMap<String, (Secret, SecretOrigin)>,
 }
@@ -111,6 +114,7 @@ struct FileConfig {
     backup_interval: Option<String>,
     backup_keep: Option<usize>,
     public_url: Option<String>,
+    trusted_proxies: Option<Vec<String>>,
     jwt_secret: Option<String>,
     jwt_secret_previous: Option<String>,
     webhook_secret: Option<String>,
@@ -213,6 +217,11 @@ impl Settings {
             .or(file.public_url.clone())
             .map(|u| u.trim_end_matches('/').to_string());
 
+        let trusted_proxies = match env("CRM_TRUSTED_PROXIES") {
+            Some(list) => parse_proxies(list.split(','))?,
+            None => parse_proxies(file.trusted_proxies.iter().flatten().map(String::as_str))?,
+        };
+
         let log_format = match env("CRM_LOG_FORMAT").or(file.log_format.clone()).as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -260,6 +269,7 @@ impl Settings {
             backup_interval,
             backup_keep,
             public_url,
+            trusted_proxies,
             secrets,
         })
     }
@@ -275,8 +285,20 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
         std::fs::read_to_string(path).map_err(|e| err(format!("cannot read config file {}: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| {
         let msg = e.message().to_string();
+        // toml's message says what is wrong but not where; name the line and its key (never the
+        // value: it may be a secret).
+        let place = e
+            .span()
+            .and_then(|span| text.get(..span.start))
+            .map(|before| {
+                let line_no = before.matches('\n').count() + 1;
+                let line = text.lines().nth(line_no - 1).unwrap_or("");
+                let key = line.split_once('=').map_or("", |(k, _)| k.trim());
+                format!(" line {line_no} ({key})")
+            })
+            .unwrap_or_default();
         err(format!(
-            "{}: {msg} (see crm.toml.example for every key)",
+            "{}{place}: {msg} (see crm.toml.example for every key)",
             path.display()
         ))
     })
@@ -297,6 +319,23 @@ fn parse_interval(text: &str) -> Option<Option<Duration>> {
     };
     let n: u64 = text[..text.len() - 1].parse().ok().filter(|n| *n > 0)?;
     Some(Some(Duration::from_secs(n.checked_mul(unit)?)))
+}
+
+/// `trusted_proxies` entries: plain IP addresses (IPv4-mapped IPv6 ones read as IPv4, the way
+/// peers are compared); blank entries are skipped so a trailing comma does no harm.
+fn parse_proxies<'a>(entries: impl Iterator<Item = &'a str>) -> Result<Vec<IpAddr>, ConfigError> {
+    entries
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            e.parse::<IpAddr>().map(|ip| ip.to_canonical()).map_err(|_| {
+                err(format!(
+                    "trusted_proxies (CRM_TRUSTED_PROXIES) entry '{e}' is not an IP address: list your reverse \
+                     proxy's address, such as 127.0.0.1 (no ports, no ranges)"
+                ))
+            })
+        })
+        .collect()
 }
 
 /// A whole number from the environment, else the file, else the default; a bad one names its key.
@@ -566,6 +605,48 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("backup_interval"), "{e}");
+    }
+
+    #[test]
+    fn trusted_proxies_are_read_from_the_file_or_the_environment_and_bad_ones_named() {
+        assert!(load(Overrides::default(), &[]).unwrap().trusted_proxies.is_empty());
+        let (_dir, path) = write_config("trusted_proxies = [\"127.0.0.1\", \"::1\"]\n");
+        let file = Overrides {
+            config: Some(path),
+            ..Default::default()
+        };
+        let from_file = load(file.clone(), &[]).unwrap();
+        assert_eq!(
+            from_file.trusted_proxies,
+            ["127.0.0.1".parse::<IpAddr>().unwrap(), "::1".parse().unwrap()]
+        );
+        let from_env = load(file, &[("CRM_TRUSTED_PROXIES", " 10.0.0.2 , ::ffff:10.0.0.3,")]).unwrap();
+        assert_eq!(
+            from_env.trusted_proxies,
+            ["10.0.0.2".parse::<IpAddr>().unwrap(), "10.0.0.3".parse().unwrap()],
+            "the environment wins; mapped IPv6 reads as IPv4; a trailing comma is harmless"
+        );
+        for (bad, why) in [
+            ("127.0.0.1:8080", "a port"),
+            ("10.0.0.0/8", "a range"),
+            ("localhost", "a host name"),
+        ] {
+            let e = load(Overrides::default(), &[("CRM_TRUSTED_PROXIES", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("trusted_proxies") && e.contains(bad), "{why}: {e}");
+        }
+        let (_dir, path) = write_config("trusted_proxies = \"127.0.0.1\"\n");
+        let e = load(
+            Overrides {
+                config: Some(path),
+                ..Default::default()
+            },
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("trusted_proxies"), "a string instead of a list: {e}");
     }
 
     #[test]

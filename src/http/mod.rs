@@ -24,6 +24,7 @@ pub mod views;
 pub mod webhooks;
 
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use warp::http::header::{HeaderMap, HeaderValue};
@@ -43,6 +44,8 @@ pub struct AppState {
     pub service_limiter: Option<Arc<ratelimit::Limiter>>,
     /// Failed staff logins per email and per address (see `throttle.rs`).
     pub login_throttle: Arc<throttle::LoginThrottle>,
+    /// Audit entries for unauthenticated service calls, per address and minute.
+    pub service_unauthorized_notices: Arc<ratelimit::Notices>,
 }
 
 impl AppState {
@@ -51,8 +54,12 @@ impl AppState {
         if let Some(limiter) = &service_limiter {
             ratelimit::Limiter::spawn_sweeper(limiter);
         }
+        let service_unauthorized_notices =
+            Arc::new(ratelimit::Notices::per_minute(service::UNAUTHORIZED_AUDITS_PER_MINUTE));
+        ratelimit::spawn_sweeper(&service_unauthorized_notices, ratelimit::Notices::retain_recent);
         AppState {
             service_limiter,
+            service_unauthorized_notices,
             db,
             settings: Arc::new(settings),
             secrets: Arc::new(secrets),
@@ -67,11 +74,40 @@ pub fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error =
     warp::any().map(move || state.clone())
 }
 
-/// The caller's address as recorded in the audit log: the TCP peer. Behind a reverse proxy this
-/// is the proxy; `X-Forwarded-For` is not trusted because any client could forge it.
+/// The caller's address, as the accept loop resolved it with [`resolve_client_ip`]: what the
+/// audit log records and what the service rate limit and the login throttle count by.
 pub fn client_ip() -> impl Filter<Extract = (String,), Error = std::convert::Infallible> + Clone {
-    warp::ext::optional::<server::PeerAddr>()
-        .map(|peer: Option<server::PeerAddr>| peer.map(|p| p.0.ip().to_string()).unwrap_or_default())
+    warp::ext::optional::<server::ClientAddr>()
+        .map(|client: Option<server::ClientAddr>| client.map(|c| c.0.to_string()).unwrap_or_default())
+}
+
+/// The client behind `peer`. A peer that is not a trusted proxy is the client itself, whatever
+/// `X-Forwarded-For` says: anyone can send that header. A trusted proxy appends the address it
+/// saw to the header, so the header is read from the right, skipping trusted proxies, and the
+/// first other address is the client; everything left of it may be forged. An unreadable entry
+/// stops the walk at the last proxy, which is then taken as the client.
+pub fn resolve_client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+    let mut client = peer.to_canonical();
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .rev()
+        .flat_map(|v| v.to_str().unwrap_or("").rsplit(','));
+    for hop in hops {
+        if !trusted.contains(&client) {
+            break;
+        }
+        let hop = hop.trim();
+        let Some(ip) = hop
+            .parse::<IpAddr>()
+            .ok()
+            .or_else(|| hop.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        else {
+            break;
+        };
+        client = ip.to_canonical();
+    }
+    client
 }
 
 /// Headers every response carries. The admin page loads only its own files, so the policy
@@ -140,6 +176,102 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    let trusted_proxies = state.settings.trusted_proxies.clone().into();
     let body_timeout = state.settings.body_timeout;
-    server::run(routes(state), listener, body_timeout, shutdown).await;
+    server::run(routes(state), listener, trusted_proxies, body_timeout, shutdown).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn forwarded(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_client_is_the_rightmost_forwarded_address_that_is_not_a_trusted_proxy() {
+        let proxies = [ip("127.0.0.1"), ip("10.0.0.2")];
+        let cases = [
+            (
+                "127.0.0.1",
+                vec![],
+                &proxies[..],
+                "127.0.0.1",
+                "no header: the proxy itself",
+            ),
+            ("127.0.0.1", vec!["203.0.113.7"], &proxies[..], "203.0.113.7", "one hop"),
+            (
+                "127.0.0.1",
+                vec!["1.1.1.1, 203.0.113.7"],
+                &proxies[..],
+                "203.0.113.7",
+                "a forged left part is ignored",
+            ),
+            (
+                "127.0.0.1",
+                vec!["1.1.1.1, 203.0.113.7, 10.0.0.2"],
+                &proxies[..],
+                "203.0.113.7",
+                "chained trusted proxies are skipped",
+            ),
+            (
+                "127.0.0.1",
+                vec!["1.1.1.1", "203.0.113.7"],
+                &proxies[..],
+                "203.0.113.7",
+                "repeated headers read as one list",
+            ),
+            (
+                "127.0.0.1",
+                vec![" 203.0.113.7:4711 "],
+                &proxies[..],
+                "203.0.113.7",
+                "a port is dropped",
+            ),
+            (
+                "::ffff:127.0.0.1",
+                vec!["[2001:db8::1]:443"],
+                &proxies[..],
+                "2001:db8::1",
+                "mapped peers and bracketed IPv6 hops",
+            ),
+            (
+                "127.0.0.1",
+                vec!["203.0.113.7, garbage"],
+                &proxies[..],
+                "127.0.0.1",
+                "an unreadable hop stops at the proxy",
+            ),
+            (
+                "198.51.100.9",
+                vec!["203.0.113.7"],
+                &proxies[..],
+                "198.51.100.9",
+                "an untrusted peer cannot forge its address",
+            ),
+            (
+                "127.0.0.1",
+                vec!["203.0.113.7"],
+                &[][..],
+                "127.0.0.1",
+                "nothing is trusted by default",
+            ),
+        ];
+        for (peer, header, trusted, expected, why) in cases {
+            assert_eq!(
+                resolve_client_ip(ip(peer), &forwarded(&header), trusted),
+                ip(expected),
+                "{why}"
+            );
+        }
+    }
 }

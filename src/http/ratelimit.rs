@@ -17,9 +17,30 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Limiter {
     calls: DefaultKeyedRateLimiter<String>,
-    /// One audit notice per caller per minute while it is being refused, so a flood of refused
-    /// requests does not turn into a flood of audit rows.
-    notices: DefaultKeyedRateLimiter<String>,
+    /// One audit notice per caller per minute while it is being refused.
+    notices: Notices,
+}
+
+/// How many audit entries one kind of refusal may write per key and minute, so a flood of
+/// refused requests (which are cheap to send) does not turn into a flood of rows in the
+/// append-only audit log. Used for rate-limited and for unauthenticated service calls.
+pub struct Notices(DefaultKeyedRateLimiter<String>);
+
+impl Notices {
+    pub fn per_minute(n: NonZeroU32) -> Notices {
+        Notices(RateLimiter::keyed(Quota::per_minute(n)))
+    }
+
+    /// Whether a refusal for `key` may be audited now (and counts it if so).
+    pub fn allow(&self, key: &str) -> bool {
+        self.0.check_key(&key.to_string()).is_ok()
+    }
+
+    /// Forgets keys whose allowance is full again.
+    pub fn retain_recent(&self) {
+        self.0.retain_recent();
+        self.0.shrink_to_fit();
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +59,7 @@ impl Limiter {
         let n = NonZeroU32::new(per_minute)?;
         Some(Arc::new(Limiter {
             calls: RateLimiter::keyed(Quota::per_minute(n)),
-            notices: RateLimiter::keyed(Quota::per_minute(NonZeroU32::MIN)),
+            notices: Notices::per_minute(NonZeroU32::MIN),
         }))
     }
 
@@ -51,7 +72,7 @@ impl Limiter {
                 Verdict::Limited {
                     // Rounded up, and never 0: "retry after 0 seconds" invites a busy loop.
                     retry_after_secs: (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1),
-                    notify: self.notices.check_key(&key).is_ok(),
+                    notify: self.notices.allow(&key),
                 }
             }
         }
@@ -60,9 +81,8 @@ impl Limiter {
     /// Forgets callers whose allowance is full again.
     pub fn retain_recent(&self) {
         self.calls.retain_recent();
-        self.notices.retain_recent();
         self.calls.shrink_to_fit();
-        self.notices.shrink_to_fit();
+        self.notices.retain_recent();
     }
 
     /// Callers currently remembered.
@@ -74,25 +94,30 @@ impl Limiter {
         self.calls.is_empty()
     }
 
-    /// Sweeps forgotten callers every minute for as long as the limiter is in use. Does nothing
-    /// outside a tokio runtime (the limiter then lives only as long as a test that builds it).
+    /// Sweeps forgotten callers every minute for as long as the limiter is in use.
     pub fn spawn_sweeper(limiter: &Arc<Limiter>) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let weak: Weak<Limiter> = Arc::downgrade(limiter);
-        runtime.spawn(async move {
-            let mut tick = tokio::time::interval(SWEEP_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                match weak.upgrade() {
-                    Some(limiter) => limiter.retain_recent(),
-                    None => break,
-                }
-            }
-        });
+        spawn_sweeper(limiter, Limiter::retain_recent);
     }
+}
+
+/// Calls `sweep` every minute for as long as `target` is in use. Does nothing outside a tokio
+/// runtime (the target then lives only as long as a test that builds it).
+pub fn spawn_sweeper<T: Send + Sync + 'static>(target: &Arc<T>, sweep: fn(&T)) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let weak: Weak<T> = Arc::downgrade(target);
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match weak.upgrade() {
+                Some(target) => sweep(&target),
+                None => break,
+            }
+        }
+    });
 }
 
 #[cfg(test)]
@@ -126,5 +151,13 @@ mod tests {
         );
         assert_eq!(limiter.check("ip:10.0.0.1"), Verdict::Allowed);
         assert_eq!(limiter.len(), 2);
+    }
+
+    #[test]
+    fn notices_allow_their_number_per_key_then_none() {
+        let notices = Notices::per_minute(NonZeroU32::new(2).unwrap());
+        assert!(notices.allow("ip:10.0.0.1") && notices.allow("ip:10.0.0.1"));
+        assert!(!notices.allow("ip:10.0.0.1"));
+        assert!(notices.allow("ip:10.0.0.2"), "each key has its own allowance");
     }
 }

@@ -1,10 +1,10 @@
 //! The accept loop. warp's own `serve` sets no timers, so a client could hold a connection open
 //! forever by trickling its headers; this loop runs the same warp filter on hyper with a header
-//! read timeout, a cap on open connections, the peer address for the audit log, and graceful
+//! read timeout, a cap on open connections, the client address for the audit log, and graceful
 //! shutdown that lets requests in flight finish.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,18 +20,20 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Beyond this many open connections new ones wait to be accepted; keeps file descriptors bounded.
 const MAX_CONNECTIONS: usize = 1024;
 
-/// The TCP peer of a request, put into its extensions by the accept loop.
+/// The client of a request (the TCP peer, or the address a trusted proxy forwarded for), put
+/// into its extensions by the accept loop.
 #[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
+pub struct ClientAddr(pub IpAddr);
 
 /// How long a request's body may take to arrive (`body_timeout_secs`), put into its extensions
-/// beside the peer address so `body::raw` needs no global setting.
+/// beside the client address so `body::raw` needs no global setting.
 #[derive(Debug, Clone, Copy)]
 pub struct BodyTimeout(pub Duration);
 
 pub async fn run<F, R>(
     filter: F,
     listener: TcpListener,
+    trusted_proxies: Arc<[IpAddr]>,
     body_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) where
@@ -58,8 +60,11 @@ pub async fn run<F, R>(
             () = &mut shutdown => break,
         };
         let service = warp::service(filter.clone());
+        let trusted_proxies = trusted_proxies.clone();
         let handler = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(PeerAddr(peer));
+            // Per request, not per connection: a proxy's keep-alive connection carries many clients.
+            let client = super::resolve_client_ip(peer.ip(), req.headers(), &trusted_proxies);
+            req.extensions_mut().insert(ClientAddr(client));
             req.extensions_mut().insert(BodyTimeout(body_timeout));
             let mut service = service.clone();
             service.call(req)

@@ -32,6 +32,9 @@ use crate::store::{accounts, activity, clients, notes, StoreResult};
 pub const NOTE_AUTHOR: &str = "Trading Platform";
 /// Longest note or KYC remark, in characters.
 pub const MAX_TEXT_CHARS: usize = 10_000;
+/// Unauthenticated calls audited per address and minute: enough to see each of a misconfigured
+/// platform's different mistakes, while a flood of guesses no longer grows the audit log freely.
+pub const UNAUTHORIZED_AUDITS_PER_MINUTE: std::num::NonZeroU32 = std::num::NonZeroU32::new(10).unwrap();
 
 /// An authenticated service caller: which token it presented, and from where.
 #[derive(Debug, Clone)]
@@ -435,11 +438,14 @@ async fn authenticate(
         Some(h) if bearer(Some(h)).is_none() => "not a Bearer token",
         Some(_) => "wrong token",
     };
-    let entry = Audit::new(actors::ANONYMOUS, actions::SERVICE_UNAUTHORIZED, "")
-        .failed()
-        .ip(ip)
-        .details(json!({ "method": method.as_str(), "path": path, "reason": reason }));
-    record(state, entry).await;
+    // Bounded per address even with the rate limit off: refused calls are cheap to send.
+    if state.service_unauthorized_notices.allow(&ip) {
+        let entry = Audit::new(actors::ANONYMOUS, actions::SERVICE_UNAUTHORIZED, "")
+            .failed()
+            .ip(ip)
+            .details(json!({ "method": method.as_str(), "path": path, "reason": reason }));
+        record(state, entry).await;
+    }
     Err(ApiError::Unauthorized(
         "Invalid or missing service token: send Authorization: Bearer <SERVICE_API_TOKEN>".into(),
     ))

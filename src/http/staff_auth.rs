@@ -10,6 +10,7 @@ use warp::{Filter, Reply};
 use super::auth::{self, StaffSession};
 use super::body::{self, parse_json};
 use super::error::{respond, ApiError};
+use super::throttle::Refused;
 use super::{client_ip, with_state, AppState};
 use crate::domain::{Email, Role};
 use crate::security::{password, tokens};
@@ -71,10 +72,17 @@ struct LoginRequest {
 async fn login(state: AppState, ip: String, body: Result<Bytes, ApiError>) -> Result<impl Reply, ApiError> {
     let req: LoginRequest = parse_json(&body?)?;
     let key = throttle_key(&req.email);
-    if let Err(retry_after_secs) = state.login_throttle.try_attempt(&key, &ip) {
-        record_login(&state, None, &key, &ip, Err("throttled")).await?;
-        return Err(too_many(retry_after_secs));
-    }
+    let attempt = match state.login_throttle.try_attempt(&key, &ip) {
+        Ok(attempt) => attempt,
+        Err(refused) => {
+            // Refused attempts skip argon2 and cost nothing to send: audit only the first one of
+            // each throttle window, or a flood would grow the append-only audit log without end.
+            if refused.first {
+                record_login(&state, None, &key, &ip, Err("throttled")).await?;
+            }
+            return Err(too_many(refused));
+        }
+    };
     let user = find_user(&state, &req.email).await?;
     let matches = verify_password(req.password, user.as_ref().map(|u| u.password_hash.clone())).await?;
     let user = match user {
@@ -89,7 +97,7 @@ async fn login(state: AppState, ip: String, body: Result<Bytes, ApiError>) -> Re
             return Err(ApiError::Unauthorized(INVALID_LOGIN.into()));
         }
     };
-    state.login_throttle.record_success(&key, &ip);
+    state.login_throttle.record_success(&key, &ip, attempt);
     record_login(&state, Some(&user), &key, &ip, Ok(())).await?;
     session_reply(&state, &user)
 }
@@ -123,7 +131,7 @@ async fn change_password(
     }
     let (user, ip) = (session.user.clone(), session.ip.clone());
     // Guessing the current password with a stolen token is throttled like logins.
-    state.login_throttle.try_attempt(&user.email, &ip).map_err(too_many)?;
+    let attempt = state.login_throttle.try_attempt(&user.email, &ip).map_err(too_many)?;
     if !verify_password(req.current_password, Some(user.password_hash.clone())).await? {
         let failed = Audit::new(session.actor(), actions::PASSWORD_CHANGE, target(&user))
             .ip(ip)
@@ -131,7 +139,7 @@ async fn change_password(
         state.db.write(move |tx| audit::append(tx, &failed)).await?;
         return Err(ApiError::BadRequest("the current password is incorrect".into()));
     }
-    state.login_throttle.record_success(&user.email, &ip);
+    state.login_throttle.record_success(&user.email, &ip, attempt);
     let new_password = req.new_password;
     let hash = run_blocking(move || Ok(password::hash(&new_password)?)).await?;
     let entry = Audit::new(session.actor(), actions::PASSWORD_CHANGE, target(&user)).ip(ip);
@@ -200,7 +208,8 @@ fn throttle_key(raw: &str) -> String {
     raw.trim().to_lowercase().chars().take(254).collect()
 }
 
-fn too_many(retry_after_secs: u64) -> ApiError {
+fn too_many(refused: Refused) -> ApiError {
+    let retry_after_secs = refused.retry_after_secs;
     ApiError::TooManyRequests {
         message: format!("Too many failed attempts: try again in {retry_after_secs} seconds"),
         retry_after_secs,
