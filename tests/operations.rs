@@ -358,3 +358,40 @@ async fn a_backup_taken_during_a_write_load_is_consistent_and_verifies() {
         .unwrap();
     assert_eq!(ledger, sent as i64);
 }
+
+#[tokio::test]
+async fn doctor_says_when_a_previous_jwt_secret_was_last_used() {
+    let old_secret = random_hex();
+    let app = spawn_with(Spawn::default().env("JWT_SECRET_PREVIOUS", &old_secret));
+    let doctor = || {
+        let out = crm_command(app.dir.path())
+            .arg("doctor")
+            .env("JWT_SECRET", &app.secrets.jwt)
+            .env("JWT_SECRET_PREVIOUS", &old_secret)
+            .output()
+            .unwrap();
+        stdout(&out)
+    };
+    assert!(doctor().contains("ok    JWT_SECRET_PREVIOUS is set and has not been used"));
+
+    // A session issued before the rotation, still signed with the old secret, changes something.
+    let admin_id: String = app
+        .sqlite()
+        .query_row("SELECT id FROM staff_users WHERE email = 'admin@crm.local'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let (old_token, _) =
+        crm::security::tokens::issue_staff(old_secret.as_bytes(), &admin_id, crm::domain::Role::Admin).unwrap();
+    let body = serde_json::json!({ "email": "rotation@broker.example", "name": "R", "role": "agent" });
+    let (status, created) = app
+        .staff(reqwest::Method::POST, "/api/staff", &old_token, Some(body))
+        .await;
+    assert_eq!(status, 201, "{created}");
+
+    let text = doctor();
+    assert!(
+        text.contains("warn  JWT_SECRET_PREVIOUS is set and was last used at"),
+        "{text}"
+    );
+}

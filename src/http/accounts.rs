@@ -16,7 +16,7 @@ use super::views::AccountView;
 use super::{with_state, AppState};
 use crate::domain::{AccountId, FundType, Leverage, Money};
 use crate::store::accounts::{self, BalanceChange, Reason};
-use crate::store::audit::{self, actions, Audit};
+use crate::store::audit::{self, actions};
 
 const MAX_NOTES_CHARS: usize = 1000;
 
@@ -99,7 +99,7 @@ struct Adjustment {
 async fn adjust_balance(state: AppState, session: Session, raw_id: String, body: Body) -> Result<impl Reply, ApiError> {
     let session = session?;
     let id = raw_id.parse::<AccountId>()?.to_string();
-    let entry = Audit::new(session.actor(), actions::BALANCE_ADJUST, audit::target("account", &id)).ip(&session.ip);
+    let entry = session.audit(actions::BALANCE_ADJUST, audit::target("account", &id));
     let result = async {
         session.require_admin()?;
         let req: Adjustment = parse_json(&body?)?;
@@ -139,7 +139,7 @@ struct LeverageChange {
 async fn set_leverage(state: AppState, session: Session, raw_id: String, body: Body) -> Result<impl Reply, ApiError> {
     let session = session?;
     let id = raw_id.parse::<AccountId>()?.to_string();
-    let entry = Audit::new(session.actor(), actions::LEVERAGE_CHANGE, audit::target("account", &id)).ip(&session.ip);
+    let entry = session.audit(actions::LEVERAGE_CHANGE, audit::target("account", &id));
     let result = async {
         session.require_admin()?;
         let req: LeverageChange = parse_json(&body?)?;

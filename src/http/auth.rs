@@ -7,6 +7,7 @@ use super::error::ApiError;
 use super::{client_ip, with_state, AppState};
 use crate::domain::Role;
 use crate::security::tokens;
+use crate::store::audit::Audit;
 use crate::store::staff::{self, StaffUser};
 
 /// The staff member making a request.
@@ -14,6 +15,8 @@ use crate::store::staff::{self, StaffUser};
 pub struct StaffSession {
     pub user: StaffUser,
     pub ip: String,
+    /// The token was signed with `JWT_SECRET_PREVIOUS` (rotation in progress).
+    pub signed_with_previous: bool,
 }
 
 impl StaffSession {
@@ -24,6 +27,18 @@ impl StaffSession {
 
     pub fn role(&self) -> Role {
         self.user.role
+    }
+
+    /// An audit entry by this person from this address. During a rotation it also records that
+    /// the session was signed with the previous secret, so `crm doctor` can tell when that
+    /// secret stops being used.
+    pub fn audit(&self, action: &str, target: impl Into<String>) -> Audit {
+        let entry = Audit::new(self.actor(), action, target).ip(&self.ip);
+        if self.signed_with_previous {
+            entry.detail("jwt", "previous")
+        } else {
+            entry
+        }
     }
 
     /// 403 unless the user is an admin (the guide's admin-only endpoints).
@@ -86,11 +101,15 @@ pub fn bearer(header: Option<&str>) -> Option<&str> {
 async fn authenticate(state: &AppState, header: Option<String>, ip: String) -> Result<StaffSession, ApiError> {
     let unauthorized = || ApiError::Unauthorized("Authentication required: log in again".into());
     let token = bearer(header.as_deref()).ok_or_else(unauthorized)?;
-    let mut secrets: Vec<&[u8]> = vec![state.secrets.jwt.bytes()];
-    if let Some(prev) = &state.secrets.jwt_previous {
-        secrets.push(prev.bytes());
-    }
-    let claims = tokens::verify_staff(token, &secrets).ok_or_else(unauthorized)?;
+    let current = tokens::verify_staff(token, &[state.secrets.jwt.bytes()]);
+    let previous = || {
+        let secret = state.secrets.jwt_previous.as_ref()?;
+        tokens::verify_staff(token, &[secret.bytes()])
+    };
+    let (claims, signed_with_previous) = match current {
+        Some(claims) => (claims, false),
+        None => (previous().ok_or_else(unauthorized)?, true),
+    };
     let user = state
         .db
         .read(move |conn| staff::get(conn, &claims.sub).map(|u| (u, claims)))
@@ -102,7 +121,11 @@ async fn authenticate(state: &AppState, header: Option<String>, ip: String) -> R
     {
         return Err(unauthorized());
     }
-    Ok(StaffSession { user, ip })
+    Ok(StaffSession {
+        user,
+        ip,
+        signed_with_previous,
+    })
 }
 
 /// Whether a token issued at `iat` predates the password change at `changed_at`. `iat` has

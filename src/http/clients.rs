@@ -16,7 +16,7 @@ use super::refusals::audited;
 use super::views::AccountView;
 use super::{with_state, AppState};
 use crate::domain::{ClientId, KycStatus, Leverage};
-use crate::store::audit::{self, actions, Audit};
+use crate::store::audit::{self, actions};
 use crate::store::{accounts, clients, notes, StoreError};
 
 const MAX_NOTE_CHARS: usize = 5000;
@@ -145,15 +145,14 @@ async fn add_note(state: AppState, session: Session, raw_id: String, body: Body)
             "comment must be 1 to {MAX_NOTE_CHARS} characters"
         )));
     }
-    let (actor, ip) = (session.actor(), session.ip.clone());
+    let actor = session.actor();
+    let entry = session.audit(actions::NOTE_ADD, audit::target("client", id));
     let note = state
         .db
         .write(move |tx| {
             let client = clients::get(tx, &id.to_string())?;
             let note = notes::insert(tx, &client.id, &comment, &actor)?;
-            let entry = Audit::new(&actor, actions::NOTE_ADD, audit::target("client", &client.id))
-                .ip(ip)
-                .detail("noteId", note.id.clone());
+            let entry = entry.detail("noteId", note.id.clone());
             audit::append(tx, &entry)?;
             Ok(note)
         })
@@ -180,7 +179,7 @@ async fn change_kyc(state: AppState, session: Session, raw_id: String, body: Bod
             "kycNotes must be at most {MAX_NOTE_CHARS} characters"
         )));
     }
-    let entry = Audit::new(session.actor(), actions::KYC_UPDATE, audit::target("client", &id)).ip(&session.ip);
+    let entry = session.audit(actions::KYC_UPDATE, audit::target("client", &id));
     let client = state
         .db
         .write(move |tx| {
@@ -210,7 +209,7 @@ async fn open_subaccount(
 ) -> Result<impl Reply, ApiError> {
     let session = session?;
     let id = raw_id.parse::<ClientId>()?.to_string();
-    let entry = Audit::new(session.actor(), actions::SUBACCOUNT_OPEN, audit::target("client", &id)).ip(&session.ip);
+    let entry = session.audit(actions::SUBACCOUNT_OPEN, audit::target("client", &id));
     let result = async {
         session.require_admin()?;
         // Both fields are optional, so an empty body asks for the defaults.

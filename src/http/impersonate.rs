@@ -33,8 +33,8 @@ async fn impersonate(
 ) -> Result<impl Reply, ApiError> {
     let session = session?;
     let id = raw_id.parse::<ClientId>()?.to_string();
-    let entry = Audit::new(session.actor(), actions::IMPERSONATE, audit::target("client", &id))
-        .ip(&session.ip)
+    let entry = session
+        .audit(actions::IMPERSONATE, audit::target("client", &id))
         .detail("staffEmail", session.user.email.clone());
     let result = match session.require_admin() {
         Ok(()) => start_session(&state, &session, id, entry.clone()).await,

@@ -78,13 +78,9 @@ async fn create(state: AppState, session: Session, body: Body) -> Result<impl Re
     };
     password::check_strength(&pw).map_err(ApiError::BadRequest)?;
     let hash = hash_off_thread(pw.clone()).await?;
-    let entry = Audit::new(
-        session.actor(),
-        actions::STAFF_CREATE,
-        audit::target("staff", &req.email),
-    )
-    .ip(&session.ip)
-    .detail("role", req.role.as_str());
+    let entry = session
+        .audit(actions::STAFF_CREATE, audit::target("staff", &req.email))
+        .detail("role", req.role.as_str());
     let user = state
         .db
         .write(move |tx| {
@@ -112,7 +108,7 @@ struct StaffChange {
 async fn update(state: AppState, session: Session, raw_id: String, body: Body) -> Result<impl Reply, ApiError> {
     let session = session?;
     let id = raw_id.parse::<StaffId>()?.to_string();
-    let entry = Audit::new(session.actor(), actions::STAFF_UPDATE, staff_target(&state, &id).await).ip(&session.ip);
+    let entry = session.audit(actions::STAFF_UPDATE, staff_target(&state, &id).await);
     let result = async {
         session.require_admin()?;
         let req: StaffChange = parse_json(&body?)?;
@@ -172,7 +168,7 @@ async fn reset_password(state: AppState, session: Session, raw_id: String) -> Re
     let session = session?;
     let id = raw_id.parse::<StaffId>()?.to_string();
     let target = staff_target(&state, &id).await;
-    let entry = Audit::new(session.actor(), actions::STAFF_RESET_PASSWORD, target).ip(&session.ip);
+    let entry = session.audit(actions::STAFF_RESET_PASSWORD, target);
     let result = async {
         session.require_admin()?;
         let pw = random_password();

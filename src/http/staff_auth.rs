@@ -133,16 +133,14 @@ async fn change_password(
     // Guessing the current password with a stolen token is throttled like logins.
     let attempt = state.login_throttle.try_attempt(&user.email, &ip).map_err(too_many)?;
     if !verify_password(req.current_password, Some(user.password_hash.clone())).await? {
-        let failed = Audit::new(session.actor(), actions::PASSWORD_CHANGE, target(&user))
-            .ip(ip)
-            .failed();
+        let failed = session.audit(actions::PASSWORD_CHANGE, target(&user)).failed();
         state.db.write(move |tx| audit::append(tx, &failed)).await?;
         return Err(ApiError::BadRequest("the current password is incorrect".into()));
     }
     state.login_throttle.record_success(&user.email, &ip, attempt);
     let new_password = req.new_password;
     let hash = run_blocking(move || Ok(password::hash(&new_password)?)).await?;
-    let entry = Audit::new(session.actor(), actions::PASSWORD_CHANGE, target(&user)).ip(ip);
+    let entry = session.audit(actions::PASSWORD_CHANGE, target(&user));
     let user = state
         .db
         .write(move |tx| {
