@@ -1,5 +1,5 @@
 import { api, download, query } from './api.js';
-import { h, table, errorBox, showError, busy, when, jsonText } from './dom.js';
+import { h, table, errorBox, showError, busy, onLoadMore, when, jsonText } from './dom.js';
 import { filterForm, paramsObject } from './filters.js';
 
 const FILTERS = ['actor', 'action', 'outcome', 'target', 'from', 'to'];
@@ -46,13 +46,7 @@ export async function auditScreen(params) {
     cursor = res.nextCursor || '';
     more.hidden = !cursor;
   }
-  more.addEventListener('click', () => busy(more, async () => {
-    try {
-      await load();
-    } catch (e) {
-      showError(error, e.message);
-    }
-  }));
+  onLoadMore(more, load, error);
   await load();
   const headings = ['When', 'Actor', 'Action', 'Target', 'Outcome', 'IP', 'Details'];
   return h('section', {},

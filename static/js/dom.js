@@ -81,6 +81,17 @@ export function table(columns, items, rowAttrs) {
       h('tr', rowAttrs ? rowAttrs(item) : {}, columns.map(([, cell]) => h('td', {}, cell(item)))))));
 }
 
+/** A "more" button that loads the next page, showing a failure in `errorBox`. */
+export function onLoadMore(button, load, errorBox) {
+  button.addEventListener('click', () => busy(button, async () => {
+    try {
+      await load();
+    } catch (e) {
+      showError(errorBox, e.message);
+    }
+  }));
+}
+
 /** Runs `work` while `button` shows it is busy, so a double click cannot submit twice. */
 export async function busy(button, work) {
   button.disabled = true;

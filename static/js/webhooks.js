@@ -1,5 +1,5 @@
 import { api, query } from './api.js';
-import { h, table, errorBox, showError, busy, when, jsonText } from './dom.js';
+import { h, table, errorBox, showError, busy, onLoadMore, when, jsonText } from './dom.js';
 import { filterForm, paramsObject } from './filters.js';
 
 const FILTERS = ['status', 'event', 'from', 'to'];
@@ -33,13 +33,7 @@ export async function webhooksScreen(params) {
       ], events)
       : h('p', { class: 'empty' }, 'No webhook events match.'));
   }
-  more.addEventListener('click', () => busy(more, async () => {
-    try {
-      await load();
-    } catch (e) {
-      showError(error, e.message);
-    }
-  }));
+  onLoadMore(more, load, error);
   await load();
   return h('section', {}, h('h1', {}, 'Webhook log'), form, error, body, more);
 }
