@@ -498,6 +498,17 @@ mod tests {
         Settings::load_with(&flags, &|k| map.get(k).cloned())
     }
 
+    /// Settings from one config file and the given environment.
+    fn load_file(path: &Path, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        load(
+            Overrides {
+                config: Some(path.to_path_buf()),
+                ..Default::default()
+            },
+            env,
+        )
+    }
+
     fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("crm.toml");
@@ -526,25 +537,11 @@ mod tests {
             ("JWT_SECRET", "from-the-environment-0123"),
             ("CRM_SERVICE_RATE_LIMIT", "0"),
         ];
-        let file_only = load(
-            Overrides {
-                config: Some(path.clone()),
-                ..Default::default()
-            },
-            &[],
-        )
-        .unwrap();
+        let file_only = load_file(&path, &[]).unwrap();
         assert_eq!(file_only.listen.port(), 1000);
         assert_eq!(file_only.service_rate_limit, 5);
 
-        let with_env = load(
-            Overrides {
-                config: Some(path.clone()),
-                ..Default::default()
-            },
-            &env,
-        )
-        .unwrap();
+        let with_env = load_file(&path, &env).unwrap();
         assert_eq!(with_env.listen.port(), 2000);
         assert_eq!(with_env.database, PathBuf::from("/env/crm.db"));
         assert_eq!(with_env.service_rate_limit, 0);
@@ -564,15 +561,7 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_values_name_the_key() {
         let (_dir, path) = write_config("lisen = \"127.0.0.1:1\"\n");
-        let e = load(
-            Overrides {
-                config: Some(path),
-                ..Default::default()
-            },
-            &[],
-        )
-        .unwrap_err()
-        .to_string();
+        let e = load_file(&path, &[]).unwrap_err().to_string();
         assert!(e.contains("lisen"), "{e}");
 
         let e = load(Overrides::default(), &[("CRM_LISTEN", "nonsense")])
@@ -637,15 +626,7 @@ mod tests {
             assert!(e.contains("trusted_proxies") && e.contains(bad), "{why}: {e}");
         }
         let (_dir, path) = write_config("trusted_proxies = \"127.0.0.1\"\n");
-        let e = load(
-            Overrides {
-                config: Some(path),
-                ..Default::default()
-            },
-            &[],
-        )
-        .unwrap_err()
-        .to_string();
+        let e = load_file(&path, &[]).unwrap_err().to_string();
         assert!(e.contains("trusted_proxies"), "a string instead of a list: {e}");
     }
 
