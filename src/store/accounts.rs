@@ -75,43 +75,41 @@ pub fn insert(
 ) -> StoreResult<Account> {
     let id = AccountId::new().to_string();
     let at = now();
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO accounts (id, client_id, parent_id, leverage, currency, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
-        params![id, client_id, parent_id, leverage.get(), currency, at],
-    )?;
+    )?
+    .execute(params![id, client_id, parent_id, leverage.get(), currency, at])?;
     get(conn, &id)
 }
 
 pub fn get(conn: &Connection, id: &str) -> StoreResult<Account> {
-    conn.query_row("SELECT * FROM accounts WHERE id = ?1", [id], Account::from_row)
+    conn.prepare_cached("SELECT * FROM accounts WHERE id = ?1")?
+        .query_row([id], Account::from_row)
         .optional()?
         .ok_or_else(|| StoreError::NotFound("Account not found".into()))
 }
 
 pub fn primary_for_client(conn: &Connection, client_id: &str) -> StoreResult<Account> {
-    conn.query_row(
-        "SELECT * FROM accounts WHERE client_id = ?1 AND parent_id IS NULL",
-        [client_id],
-        Account::from_row,
-    )
-    .optional()?
-    .ok_or_else(|| StoreError::NotFound("The client has no primary account".into()))
+    conn.prepare_cached("SELECT * FROM accounts WHERE client_id = ?1 AND parent_id IS NULL")?
+        .query_row([client_id], Account::from_row)
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound("The client has no primary account".into()))
 }
 
 /// The client's subaccounts, oldest first.
 pub fn subaccounts_for_client(conn: &Connection, client_id: &str) -> StoreResult<Vec<Account>> {
-    let mut stmt =
-        conn.prepare("SELECT * FROM accounts WHERE client_id = ?1 AND parent_id IS NOT NULL ORDER BY created_at, id")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT * FROM accounts WHERE client_id = ?1 AND parent_id IS NOT NULL ORDER BY created_at, id",
+    )?;
     let rows = stmt.query_map([client_id], Account::from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 pub fn set_leverage(conn: &Connection, id: &str, leverage: Leverage) -> StoreResult<Account> {
-    let changed = conn.execute(
-        "UPDATE accounts SET leverage = ?2, updated_at = ?3 WHERE id = ?1",
-        params![id, leverage.get(), now()],
-    )?;
+    let changed = conn
+        .prepare_cached("UPDATE accounts SET leverage = ?2, updated_at = ?3 WHERE id = ?1")?
+        .execute(params![id, leverage.get(), now()])?;
     if changed == 0 {
         return Err(StoreError::NotFound("Account not found".into()));
     }
@@ -119,10 +117,8 @@ pub fn set_leverage(conn: &Connection, id: &str, leverage: Leverage) -> StoreRes
 }
 
 pub fn set_currency(conn: &Connection, id: &str, currency: &str) -> StoreResult<Account> {
-    conn.execute(
-        "UPDATE accounts SET currency = ?2, updated_at = ?3 WHERE id = ?1",
-        params![id, currency, now()],
-    )?;
+    conn.prepare_cached("UPDATE accounts SET currency = ?2, updated_at = ?3 WHERE id = ?1")?
+        .execute(params![id, currency, now()])?;
     get(conn, id)
 }
 
@@ -223,10 +219,8 @@ pub fn apply_balance_change(
     }
     let entry_id = uuid::Uuid::new_v4().to_string();
     let at = now();
-    conn.execute(
-        "INSERT INTO ledger_entries (id, account_id, fund_type, amount, balance_after, reason, notes, actor, external_ref, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        params![
+    conn.prepare_cached("INSERT INTO ledger_entries (id, account_id, fund_type, amount, balance_after, reason, notes, actor, external_ref, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)")?.execute(params![
             entry_id,
             account.id,
             change.fund.as_str(),
@@ -256,17 +250,15 @@ pub fn apply_balance_change(
             .detail("balanceAfter", after.to_string())
             .detail("ledgerEntryId", entry_id.clone()),
     )?;
-    let entry = conn.query_row(
-        "SELECT * FROM ledger_entries WHERE id = ?1",
-        [&entry_id],
-        LedgerEntry::from_row,
-    )?;
+    let entry = conn
+        .prepare_cached("SELECT * FROM ledger_entries WHERE id = ?1")?
+        .query_row([&entry_id], LedgerEntry::from_row)?;
     Ok((get(conn, &account.id)?, entry))
 }
 
 /// An account's ledger, newest first, paged by `before` (an entry id).
 pub fn ledger(conn: &Connection, account_id: &str, before: Option<&str>, limit: u32) -> StoreResult<Vec<LedgerEntry>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT * FROM ledger_entries WHERE account_id = ?1
            AND (?2 IS NULL OR seq < (SELECT seq FROM ledger_entries WHERE id = ?2))
          ORDER BY seq DESC LIMIT ?3",
@@ -277,7 +269,7 @@ pub fn ledger(conn: &Connection, account_id: &str, before: Option<&str>, limit: 
 
 /// Every ledger entry of a client's accounts, newest first (for the activity timeline).
 pub fn ledger_for_client(conn: &Connection, client_id: &str, limit: u32) -> StoreResult<Vec<LedgerEntry>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT l.* FROM ledger_entries l JOIN accounts a ON a.id = l.account_id
          WHERE a.client_id = ?1 ORDER BY l.seq DESC LIMIT ?2",
     )?;

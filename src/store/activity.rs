@@ -135,26 +135,25 @@ fn vanished() -> StoreError {
 
 fn ledger(conn: &Connection, seq: i64) -> StoreResult<(String, Value)> {
     let row = conn
-        .query_row(
+        .prepare_cached(
             "SELECT l.id, l.account_id, l.fund_type, l.amount, l.balance_after, l.reason, l.notes, l.actor,
                     l.external_ref, a.currency
              FROM ledger_entries l JOIN accounts a ON a.id = l.account_id WHERE l.seq = ?1",
-            [seq],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, String>(5)?,
-                    r.get::<_, String>(6)?,
-                    r.get::<_, String>(7)?,
-                    r.get::<_, Option<String>>(8)?,
-                    r.get::<_, String>(9)?,
-                ))
-            },
-        )
+        )?
+        .query_row([seq], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, String>(7)?,
+                r.get::<_, Option<String>>(8)?,
+                r.get::<_, String>(9)?,
+            ))
+        })
         .optional()?
         .ok_or_else(vanished)?;
     let (id, account_id, fund, amount, after, reason, notes, actor, external_ref, currency) = row;
@@ -175,9 +174,8 @@ fn ledger(conn: &Connection, seq: i64) -> StoreResult<(String, Value)> {
 
 fn note(conn: &Connection, rowid: i64) -> StoreResult<(String, Value)> {
     let (id, comment, author): (String, String, String) = conn
-        .query_row("SELECT id, comment, author FROM notes WHERE rowid = ?1", [rowid], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
+        .prepare_cached("SELECT id, comment, author FROM notes WHERE rowid = ?1")?
+        .query_row([rowid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?
         .ok_or_else(vanished)?;
     let mut preview: String = comment.chars().take(80).collect();
@@ -190,9 +188,8 @@ fn note(conn: &Connection, rowid: i64) -> StoreResult<(String, Value)> {
 
 fn kyc(conn: &Connection, seq: i64) -> StoreResult<(String, Value)> {
     let (actor, details): (String, String) = conn
-        .query_row("SELECT actor, details FROM audit_log WHERE seq = ?1", [seq], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
+        .prepare_cached("SELECT actor, details FROM audit_log WHERE seq = ?1")?
+        .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?
         .ok_or_else(vanished)?;
     let details: Value = serde_json::from_str(&details).unwrap_or_else(|_| json!({}));
@@ -206,11 +203,8 @@ fn kyc(conn: &Connection, seq: i64) -> StoreResult<(String, Value)> {
 
 fn webhook(conn: &Connection, seq: i64) -> StoreResult<(String, Value)> {
     let (id, event, status, http_status, error): (String, String, String, i64, String) = conn
-        .query_row(
-            "SELECT id, event, status, http_status, error FROM webhook_events WHERE seq = ?1",
-            [seq],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-        )
+        .prepare_cached("SELECT id, event, status, http_status, error FROM webhook_events WHERE seq = ?1")?
+        .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
         .optional()?
         .ok_or_else(vanished)?;
     let name = if event.is_empty() { "(unknown event)" } else { &event };
@@ -223,11 +217,8 @@ fn webhook(conn: &Connection, seq: i64) -> StoreResult<(String, Value)> {
 
 fn sso(conn: &Connection, rowid: i64) -> StoreResult<(String, Value)> {
     let (id, staff_email, expires_at): (String, String, String) = conn
-        .query_row(
-            "SELECT id, staff_email, expires_at FROM sso_sessions WHERE rowid = ?1",
-            [rowid],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
+        .prepare_cached("SELECT id, staff_email, expires_at FROM sso_sessions WHERE rowid = ?1")?
+        .query_row([rowid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?
         .ok_or_else(vanished)?;
     let summary = format!("Impersonated on the Trading Platform by {staff_email}");

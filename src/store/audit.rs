@@ -196,7 +196,8 @@ fn chain_hash(
 /// which also serialises appends so the chain has no forks.
 pub fn append(conn: &Connection, entry: &Audit) -> StoreResult<String> {
     let prev: String = conn
-        .query_row("SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1", [], |r| r.get(0))
+        .prepare_cached("SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| r.get(0))
         .optional()?
         .unwrap_or_else(|| GENESIS.to_string());
     let id = Uuid::new_v4().to_string();
@@ -214,28 +215,28 @@ pub fn append(conn: &Connection, entry: &Audit) -> StoreResult<String> {
         &entry.ip,
         &details,
     );
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO audit_log (id, at, actor, action, target, outcome, ip, details, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        params![
-            id,
-            at,
-            entry.actor,
-            entry.action,
-            entry.target,
-            outcome,
-            entry.ip,
-            details,
-            prev,
-            hash
-        ],
-    )?;
+    )?
+    .execute(params![
+        id,
+        at,
+        entry.actor,
+        entry.action,
+        entry.target,
+        outcome,
+        entry.ip,
+        details,
+        prev,
+        hash
+    ])?;
     Ok(id)
 }
 
 /// Walks the whole chain. Returns a description of the first broken link, if any.
 pub fn verify_chain(conn: &Connection) -> StoreResult<Option<String>> {
-    let mut stmt = conn.prepare("SELECT * FROM audit_log ORDER BY seq")?;
+    let mut stmt = conn.prepare_cached("SELECT * FROM audit_log ORDER BY seq")?;
     let mut rows = stmt.query([])?;
     let mut expected_prev = GENESIS.to_string();
     let mut expected_seq: Option<i64> = None;

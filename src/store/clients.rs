@@ -53,36 +53,34 @@ pub struct Contact {
 pub fn insert(conn: &Connection, email: &Email, platform_id: Option<&str>, contact: &Contact) -> StoreResult<Client> {
     let id = ClientId::new().to_string();
     let at = now();
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO clients (id, platform_client_id, email, first_name, last_name, phone, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
-        params![
-            id,
-            platform_id,
-            email.as_str(),
-            contact.first_name.as_deref().unwrap_or(""),
-            contact.last_name.as_deref().unwrap_or(""),
-            contact.phone.as_deref().unwrap_or(""),
-            at
-        ],
-    )
+    )?
+    .execute(params![
+        id,
+        platform_id,
+        email.as_str(),
+        contact.first_name.as_deref().unwrap_or(""),
+        contact.last_name.as_deref().unwrap_or(""),
+        contact.phone.as_deref().unwrap_or(""),
+        at
+    ])
     .map_err(|e| unique_conflict(e, "a client with this email or platform client id already exists"))?;
     get(conn, &id)
 }
 
 pub fn get(conn: &Connection, id: &str) -> StoreResult<Client> {
-    conn.query_row("SELECT * FROM clients WHERE id = ?1", [id], Client::from_row)
+    conn.prepare_cached("SELECT * FROM clients WHERE id = ?1")?
+        .query_row([id], Client::from_row)
         .optional()?
         .ok_or_else(|| StoreError::NotFound("Client not found".into()))
 }
 
 pub fn find_by_email(conn: &Connection, email: &Email) -> StoreResult<Option<Client>> {
     Ok(conn
-        .query_row(
-            "SELECT * FROM clients WHERE email = ?1",
-            [email.as_str()],
-            Client::from_row,
-        )
+        .prepare_cached("SELECT * FROM clients WHERE email = ?1")?
+        .query_row([email.as_str()], Client::from_row)
         .optional()?)
 }
 
@@ -92,36 +90,33 @@ pub fn by_email(conn: &Connection, email: &Email) -> StoreResult<Client> {
 
 pub fn find_by_platform_id(conn: &Connection, platform_id: &str) -> StoreResult<Option<Client>> {
     Ok(conn
-        .query_row(
-            "SELECT * FROM clients WHERE platform_client_id = ?1",
-            [platform_id],
-            Client::from_row,
-        )
+        .prepare_cached("SELECT * FROM clients WHERE platform_client_id = ?1")?
+        .query_row([platform_id], Client::from_row)
         .optional()?)
 }
 
 pub fn set_kyc(conn: &Connection, id: &str, status: KycStatus, notes: Option<&str>) -> StoreResult<Client> {
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE clients SET kyc_status = ?2, kyc_notes = COALESCE(?3, kyc_notes), updated_at = ?4 WHERE id = ?1",
-        params![id, status.as_str(), notes, now()],
-    )?;
+    )?
+    .execute(params![id, status.as_str(), notes, now()])?;
     get(conn, id)
 }
 
 pub fn update_contact(conn: &Connection, id: &str, email: Option<&Email>, contact: &Contact) -> StoreResult<Client> {
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE clients SET email = COALESCE(?2, email), first_name = COALESCE(?3, first_name),
                 last_name = COALESCE(?4, last_name), phone = COALESCE(?5, phone), updated_at = ?6
          WHERE id = ?1",
-        params![
-            id,
-            email.map(Email::as_str),
-            contact.first_name,
-            contact.last_name,
-            contact.phone,
-            now()
-        ],
-    )
+    )?
+    .execute(params![
+        id,
+        email.map(Email::as_str),
+        contact.first_name,
+        contact.last_name,
+        contact.phone,
+        now()
+    ])
     .map_err(|e| unique_conflict(e, "another client already has this email"))?;
     get(conn, id)
 }
@@ -145,7 +140,7 @@ pub fn search(
         )
     });
     let (after_at, after_id) = after.unzip();
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT * FROM clients
          WHERE (?1 IS NULL OR email LIKE ?1 ESCAPE '\\' OR lower(first_name) LIKE ?1 ESCAPE '\\'
                 OR lower(last_name) LIKE ?1 ESCAPE '\\' OR lower(first_name || ' ' || last_name) LIKE ?1 ESCAPE '\\'

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
 
+use super::checkpoint::Nudge;
 use super::{StoreError, StoreResult};
 
 /// Runs in the batch's transaction (`None` if the transaction could not be started) and returns
@@ -22,7 +23,7 @@ pub type Completion = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
 /// More than enough to turn thousands of commits per second into a few dozen syncs.
 const MAX_BATCH: usize = 512;
 
-pub fn spawn(conn: Arc<Mutex<Connection>>) -> std::io::Result<mpsc::Sender<Job>> {
+pub fn spawn(conn: Arc<Mutex<Connection>>, checkpoint: Nudge) -> std::io::Result<mpsc::Sender<Job>> {
     let (sender, receiver) = mpsc::channel::<Job>();
     std::thread::Builder::new().name("crm-writer".into()).spawn(move || {
         // Ends when every Db handle (and so every sender) is gone.
@@ -36,6 +37,7 @@ pub fn spawn(conn: Arc<Mutex<Connection>>) -> std::io::Result<mpsc::Sender<Job>>
             }
             let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             commit_batch(&mut conn, batch);
+            checkpoint.committed();
         }
     })?;
     Ok(sender)
@@ -92,12 +94,12 @@ where
 }
 
 fn in_savepoint<T>(tx: &Transaction, f: impl FnOnce(&Transaction) -> StoreResult<T>) -> StoreResult<T> {
-    tx.execute_batch("SAVEPOINT job")?;
+    tx.prepare_cached("SAVEPOINT job")?.execute([])?;
     let result = catch_unwind(AssertUnwindSafe(|| f(tx)))
         .unwrap_or_else(|_| Err(StoreError::Other(anyhow::anyhow!("a database write panicked"))));
     match result {
         Ok(value) => {
-            tx.execute_batch("RELEASE job")?;
+            tx.prepare_cached("RELEASE job")?.execute([])?;
             Ok(value)
         }
         Err(e) => {

@@ -6,6 +6,7 @@
 pub mod accounts;
 pub mod activity;
 pub mod audit;
+mod checkpoint;
 pub mod clients;
 mod group_commit;
 pub mod notes;
@@ -96,14 +97,17 @@ pub struct Db {
     readers: r2d2::Pool<SqliteConnectionManager>,
     writer: Arc<Mutex<Connection>>,
     jobs: mpsc::Sender<group_commit::Job>,
+    checkpoint: checkpoint::Nudge,
     path: Arc<PathBuf>,
 }
 
 /// Applied to every connection: enforced foreign keys, waiting on locks held by another process
 /// (a backup, the CLI) instead of failing, and a full sync on commit so an acknowledged write
-/// survives power loss.
+/// survives power loss. Store functions prepare their statements through the connection's cache,
+/// so the hot paths parse their SQL once per connection, not once per request.
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(5))?;
+    conn.set_prepared_statement_cache_capacity(128);
     conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")
 }
 
@@ -128,12 +132,17 @@ impl Db {
             .connection_timeout(Duration::from_secs(10))
             .build(manager)
             .context("cannot open database connections")?;
+        // Checkpoints run on their own thread (see `checkpoint`), not inside the writer's commits.
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpoint = checkpoint::spawn(path).context("cannot start the checkpoint thread")?;
         let writer = Arc::new(Mutex::new(writer));
-        let jobs = group_commit::spawn(writer.clone()).context("cannot start the database writer")?;
+        let jobs =
+            group_commit::spawn(writer.clone(), checkpoint.clone()).context("cannot start the database writer")?;
         Ok(Db {
             readers,
             writer,
             jobs,
+            checkpoint,
             path: Arc::new(path.to_path_buf()),
         })
     }
@@ -185,6 +194,7 @@ impl Db {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let value = f(&tx)?;
         tx.commit()?;
+        self.checkpoint.committed();
         Ok(value)
     }
 }

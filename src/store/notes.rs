@@ -36,17 +36,21 @@ pub fn insert(conn: &Connection, client_id: &str, comment: &str, author: &str) -
         author: author.to_string(),
         created_at: now(),
     };
-    conn.execute(
-        "INSERT INTO notes (id, client_id, comment, author, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![note.id, note.client_id, note.comment, note.author, note.created_at],
-    )?;
+    conn.prepare_cached("INSERT INTO notes (id, client_id, comment, author, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![
+            note.id,
+            note.client_id,
+            note.comment,
+            note.author,
+            note.created_at
+        ])?;
     Ok(note)
 }
 
 /// A client's notes, newest first.
 pub fn for_client(conn: &Connection, client_id: &str, limit: u32) -> StoreResult<Vec<Note>> {
     let mut stmt =
-        conn.prepare("SELECT * FROM notes WHERE client_id = ?1 ORDER BY created_at DESC, rowid DESC LIMIT ?2")?;
+        conn.prepare_cached("SELECT * FROM notes WHERE client_id = ?1 ORDER BY created_at DESC, rowid DESC LIMIT ?2")?;
     let rows = stmt.query_map(params![client_id, limit], Note::from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }

@@ -12,19 +12,14 @@ pub fn fingerprint(secret: &str) -> String {
 }
 
 pub fn record(conn: &Connection, name: &str, secret: &str) -> StoreResult<()> {
-    conn.execute(
-        "INSERT OR IGNORE INTO secret_history (name, fingerprint, first_seen) VALUES (?1, ?2, ?3)",
-        params![name, fingerprint(secret), now()],
-    )?;
+    conn.prepare_cached("INSERT OR IGNORE INTO secret_history (name, fingerprint, first_seen) VALUES (?1, ?2, ?3)")?
+        .execute(params![name, fingerprint(secret), now()])?;
     Ok(())
 }
 
 pub fn first_seen(conn: &Connection, name: &str, secret: &str) -> StoreResult<Option<String>> {
     Ok(conn
-        .query_row(
-            "SELECT first_seen FROM secret_history WHERE name = ?1 AND fingerprint = ?2",
-            params![name, fingerprint(secret)],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT first_seen FROM secret_history WHERE name = ?1 AND fingerprint = ?2")?
+        .query_row(params![name, fingerprint(secret)], |r| r.get(0))
         .optional()?)
 }

@@ -16,10 +16,17 @@ pub struct SsoSession {
 }
 
 pub fn insert(conn: &Connection, s: &SsoSession) -> StoreResult<()> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO sso_sessions (id, client_id, staff_id, staff_email, issued_at, expires_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![s.id, s.client_id, s.staff_id, s.staff_email, s.issued_at, s.expires_at],
-    )?;
+    )?
+    .execute(params![
+        s.id,
+        s.client_id,
+        s.staff_id,
+        s.staff_email,
+        s.issued_at,
+        s.expires_at
+    ])?;
     Ok(())
 }

@@ -41,28 +41,26 @@ impl StaffUser {
 pub fn insert(conn: &Connection, email: &Email, name: &str, role: Role, password_hash: &str) -> StoreResult<StaffUser> {
     let id = StaffId::new().to_string();
     let at = now();
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO staff_users (id, email, name, role, password_hash, password_changed_at, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?6)",
-        params![id, email.as_str(), name, role.as_str(), password_hash, at],
-    )
+    )?
+    .execute(params![id, email.as_str(), name, role.as_str(), password_hash, at])
     .map_err(|e| unique_conflict(e, "a staff user with this email already exists"))?;
     get(conn, &id)
 }
 
 pub fn get(conn: &Connection, id: &str) -> StoreResult<StaffUser> {
-    conn.query_row("SELECT * FROM staff_users WHERE id = ?1", [id], StaffUser::from_row)
+    conn.prepare_cached("SELECT * FROM staff_users WHERE id = ?1")?
+        .query_row([id], StaffUser::from_row)
         .optional()?
         .ok_or_else(|| StoreError::NotFound("Staff user not found".into()))
 }
 
 pub fn find_by_email(conn: &Connection, email: &Email) -> StoreResult<Option<StaffUser>> {
     Ok(conn
-        .query_row(
-            "SELECT * FROM staff_users WHERE email = ?1",
-            [email.as_str()],
-            StaffUser::from_row,
-        )
+        .prepare_cached("SELECT * FROM staff_users WHERE email = ?1")?
+        .query_row([email.as_str()], StaffUser::from_row)
         .optional()?)
 }
 
@@ -71,45 +69,41 @@ pub fn by_email(conn: &Connection, email: &Email) -> StoreResult<StaffUser> {
 }
 
 pub fn list(conn: &Connection) -> StoreResult<Vec<StaffUser>> {
-    let mut stmt = conn.prepare("SELECT * FROM staff_users ORDER BY email")?;
+    let mut stmt = conn.prepare_cached("SELECT * FROM staff_users ORDER BY email")?;
     let rows = stmt.query_map([], StaffUser::from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 pub fn count(conn: &Connection) -> StoreResult<i64> {
-    Ok(conn.query_row("SELECT COUNT(*) FROM staff_users", [], |r| r.get(0))?)
+    Ok(conn
+        .prepare_cached("SELECT COUNT(*) FROM staff_users")?
+        .query_row([], |r| r.get(0))?)
 }
 
 pub fn set_disabled(conn: &Connection, id: &str, disabled: bool) -> StoreResult<StaffUser> {
-    conn.execute(
-        "UPDATE staff_users SET disabled = ?2, updated_at = ?3 WHERE id = ?1",
-        params![id, disabled, now()],
-    )?;
+    conn.prepare_cached("UPDATE staff_users SET disabled = ?2, updated_at = ?3 WHERE id = ?1")?
+        .execute(params![id, disabled, now()])?;
     get(conn, id)
 }
 
 pub fn set_role(conn: &Connection, id: &str, role: Role) -> StoreResult<StaffUser> {
-    conn.execute(
-        "UPDATE staff_users SET role = ?2, updated_at = ?3 WHERE id = ?1",
-        params![id, role.as_str(), now()],
-    )?;
+    conn.prepare_cached("UPDATE staff_users SET role = ?2, updated_at = ?3 WHERE id = ?1")?
+        .execute(params![id, role.as_str(), now()])?;
     get(conn, id)
 }
 
 pub fn set_password_hash(conn: &Connection, id: &str, hash: &str) -> StoreResult<StaffUser> {
     let at = now();
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE staff_users SET password_hash = ?2, password_changed_at = ?3, updated_at = ?3 WHERE id = ?1",
-        params![id, hash, at],
-    )?;
+    )?
+    .execute(params![id, hash, at])?;
     get(conn, id)
 }
 
 /// Active admins; the last one cannot be disabled or demoted.
 pub fn active_admin_count(conn: &Connection) -> StoreResult<i64> {
-    Ok(conn.query_row(
-        "SELECT COUNT(*) FROM staff_users WHERE role = 'admin' AND disabled = 0",
-        [],
-        |r| r.get(0),
-    )?)
+    Ok(conn
+        .prepare_cached("SELECT COUNT(*) FROM staff_users WHERE role = 'admin' AND disabled = 0")?
+        .query_row([], |r| r.get(0))?)
 }

@@ -126,52 +126,51 @@ impl Attempt {
 }
 
 pub fn insert(conn: &Connection, a: &NewAttempt) -> StoreResult<()> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO webhook_events (id, received_at, event, dedupe_key, signature, raw_body, body_size,
                 body_truncated, status, http_status, error, client_id, ip, duration_ms, reprocess_of,
                 reprocessed_at, reprocessed_by)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
                  CASE WHEN ?16 IS NULL THEN NULL ELSE ?2 END, ?16)",
-        params![
-            a.id,
-            a.received_at,
-            a.event,
-            a.dedupe_key,
-            a.signature,
-            a.raw_body,
-            a.body_size,
-            a.body_truncated,
-            a.status.as_str(),
-            a.http_status,
-            a.error,
-            a.client_id,
-            a.ip,
-            a.duration_ms,
-            a.reprocess_of,
-            a.reprocessed_by,
-        ],
-    )?;
+    )?
+    .execute(params![
+        a.id,
+        a.received_at,
+        a.event,
+        a.dedupe_key,
+        a.signature,
+        a.raw_body,
+        a.body_size,
+        a.body_truncated,
+        a.status.as_str(),
+        a.http_status,
+        a.error,
+        a.client_id,
+        a.ip,
+        a.duration_ms,
+        a.reprocess_of,
+        a.reprocessed_by,
+    ])?;
     Ok(())
 }
 
 /// Unverified attempts received since `since` (for rate-limiting their audit entries).
 pub fn unverified_since(conn: &Connection, since: &str) -> StoreResult<i64> {
-    Ok(conn.query_row(
-        "SELECT COUNT(*) FROM webhook_events WHERE signature = ?1 AND received_at >= ?2",
-        params![UNVERIFIED, since],
-        |r| r.get(0),
-    )?)
+    Ok(conn
+        .prepare_cached("SELECT COUNT(*) FROM webhook_events WHERE signature = ?1 AND received_at >= ?2")?
+        .query_row(params![UNVERIFIED, since], |r| r.get(0))?)
 }
 
 /// Deletes the oldest unverified attempts beyond the newest `keep`. Verified attempts are never
 /// pruned: they are the record of what the Trading Platform asked for.
 pub fn prune_unverified(conn: &Connection, keep: i64) -> StoreResult<usize> {
-    Ok(conn.execute(
-        "DELETE FROM webhook_events WHERE signature = ?1 AND received_at < (
+    Ok(conn
+        .prepare_cached(
+            "DELETE FROM webhook_events WHERE signature = ?1 AND received_at < (
              SELECT received_at FROM webhook_events WHERE signature = ?1
              ORDER BY received_at DESC LIMIT 1 OFFSET ?2)",
-        params![UNVERIFIED, keep - 1],
-    )?)
+        )?
+        .execute(params![UNVERIFIED, keep - 1])?)
 }
 
 /// The row that put an earlier delivery of the same webhook on the books.
@@ -191,22 +190,21 @@ pub fn find_processed(
     transaction_id: Option<&str>,
 ) -> StoreResult<Option<Processed>> {
     Ok(conn
-        .query_row(
+        .prepare_cached(
             "SELECT p.dedupe_key, p.transaction_id, p.content_hash, p.event_id, e.client_id
              FROM processed_webhooks p JOIN webhook_events e ON e.id = p.event_id
              WHERE p.dedupe_key = ?1 OR (?2 IS NOT NULL AND p.transaction_id = ?2)
              LIMIT 1",
-            params![dedupe_key, transaction_id],
-            |r| {
-                Ok(Processed {
-                    dedupe_key: r.get(0)?,
-                    transaction_id: r.get(1)?,
-                    content_hash: r.get(2)?,
-                    event_id: r.get(3)?,
-                    client_id: r.get(4)?,
-                })
-            },
-        )
+        )?
+        .query_row(params![dedupe_key, transaction_id], |r| {
+            Ok(Processed {
+                dedupe_key: r.get(0)?,
+                transaction_id: r.get(1)?,
+                content_hash: r.get(2)?,
+                event_id: r.get(3)?,
+                client_id: r.get(4)?,
+            })
+        })
         .optional()?)
 }
 
@@ -219,25 +217,24 @@ pub fn mark_processed(
     content_hash: &str,
     event_id: &str,
 ) -> StoreResult<()> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO processed_webhooks (dedupe_key, transaction_id, content_hash, event_id, processed_at)
          VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![dedupe_key, transaction_id, content_hash, event_id, now()],
-    )?;
+    )?
+    .execute(params![dedupe_key, transaction_id, content_hash, event_id, now()])?;
     Ok(())
 }
 
 /// Notes on the original attempt that staff re-ran it.
 pub fn mark_reprocessed(conn: &Connection, id: &str, by: &str) -> StoreResult<()> {
-    conn.execute(
-        "UPDATE webhook_events SET reprocessed_at = ?2, reprocessed_by = ?3 WHERE id = ?1",
-        params![id, now(), by],
-    )?;
+    conn.prepare_cached("UPDATE webhook_events SET reprocessed_at = ?2, reprocessed_by = ?3 WHERE id = ?1")?
+        .execute(params![id, now(), by])?;
     Ok(())
 }
 
 pub fn get(conn: &Connection, id: &str) -> StoreResult<Attempt> {
-    conn.query_row("SELECT * FROM webhook_events WHERE id = ?1", [id], Attempt::from_row)
+    conn.prepare_cached("SELECT * FROM webhook_events WHERE id = ?1")?
+        .query_row([id], Attempt::from_row)
         .optional()?
         .ok_or_else(|| StoreError::NotFound("Webhook attempt not found".into()))
 }
@@ -254,7 +251,7 @@ pub struct Query {
 }
 
 pub fn list(conn: &Connection, q: &Query) -> StoreResult<Vec<Attempt>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT * FROM webhook_events
          WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR event = ?2)
            AND (?3 IS NULL OR received_at >= ?3) AND (?4 IS NULL OR received_at <= ?4)
