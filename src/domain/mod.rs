@@ -10,7 +10,7 @@ mod money;
 
 pub use email::Email;
 pub use enums::{FundType, KycStatus, Role};
-pub use ids::{AccountId, ClientId, StaffId};
+pub use ids::{new_uuid, AccountId, ClientId, StaffId};
 pub use leverage::Leverage;
 pub use money::Money;
 

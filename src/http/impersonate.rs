@@ -11,7 +11,7 @@ use super::auth::{self, StaffSession};
 use super::error::{respond, ApiError};
 use super::refusals::audited;
 use super::{with_state, AppState};
-use crate::domain::ClientId;
+use crate::domain::{new_uuid, ClientId};
 use crate::security::tokens;
 use crate::store::audit::{self, actions, Audit};
 use crate::store::sso::{self, SsoSession};
@@ -63,7 +63,7 @@ async fn start_session(
             let client = clients::get(tx, &client_id)?;
             let (token, claims) = tokens::issue_sso(secret.bytes(), &client.email, &staff_email)?;
             let row = SsoSession {
-                id: uuid::Uuid::new_v4().to_string(),
+                id: new_uuid().to_string(),
                 client_id: client.id.clone(),
                 staff_id,
                 staff_email,

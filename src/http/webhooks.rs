@@ -150,7 +150,7 @@ async fn record_unverified(
         _ => Status::Rejected,
     };
     let row = NewAttempt {
-        id: uuid::Uuid::new_v4().to_string(),
+        id: crate::domain::new_uuid().to_string(),
         received_at: arrival.received_at,
         event: payload::peek_event(&body),
         dedupe_key: None,

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::audit::{self, Audit};
 use super::{now, StoreError, StoreResult};
-use crate::domain::{AccountId, FundType, Leverage, Money};
+use crate::domain::{new_uuid, AccountId, FundType, Leverage, Money};
 
 #[derive(Debug, Clone)]
 pub struct Account {
@@ -217,7 +217,7 @@ pub fn apply_balance_change(
             "the resulting balance would be out of the supported range".into(),
         ));
     }
-    let entry_id = uuid::Uuid::new_v4().to_string();
+    let entry_id = new_uuid().to_string();
     let at = now();
     conn.prepare_cached("INSERT INTO ledger_entries (id, account_id, fund_type, amount, balance_after, reason, notes, actor, external_ref, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)")?.execute(params![

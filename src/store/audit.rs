@@ -6,7 +6,7 @@
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use uuid::Uuid;
+use crate::domain::new_uuid;
 
 use super::{now, StoreResult};
 
@@ -200,7 +200,7 @@ pub fn append(conn: &Connection, entry: &Audit) -> StoreResult<String> {
         .query_row([], |r| r.get(0))
         .optional()?
         .unwrap_or_else(|| GENESIS.to_string());
-    let id = Uuid::new_v4().to_string();
+    let id = new_uuid().to_string();
     let at = now();
     let details = entry.details.to_string();
     let outcome = entry.outcome.as_str();

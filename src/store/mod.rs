@@ -104,11 +104,13 @@ pub struct Db {
 /// Applied to every connection: enforced foreign keys, waiting on locks held by another process
 /// (a backup, the CLI) instead of failing, and a full sync on commit so an acknowledged write
 /// survives power loss. Store functions prepare their statements through the connection's cache,
-/// so the hot paths parse their SQL once per connection, not once per request.
+/// so the hot paths parse their SQL once per connection, not once per request. Temporary data
+/// stays in memory: above all the savepoint journal, which group commit fills with a copy of
+/// every page a batched write touches first (as a temp file, that was a quarter of the writer's time).
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.set_prepared_statement_cache_capacity(128);
-    conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")
+    conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY;")
 }
 
 impl Db {

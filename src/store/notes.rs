@@ -30,7 +30,7 @@ impl Note {
 
 pub fn insert(conn: &Connection, client_id: &str, comment: &str, author: &str) -> StoreResult<Note> {
     let note = Note {
-        id: uuid::Uuid::new_v4().to_string(),
+        id: crate::domain::new_uuid().to_string(),
         client_id: client_id.to_string(),
         comment: comment.to_string(),
         author: author.to_string(),

@@ -116,7 +116,7 @@ enum Applied {
 
 /// Runs a verified delivery and records it. Never fails: every outcome is an answer.
 pub async fn deliver(db: &Db, delivery: Delivery) -> Answer {
-    let attempt_id = uuid::Uuid::new_v4().to_string();
+    let attempt_id = crate::domain::new_uuid().to_string();
     let event = match payload::parse(&delivery.raw) {
         Ok(event) => event,
         Err(e) => return record_failure(db, delivery, attempt_id, None, e).await,
