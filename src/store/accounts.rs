@@ -217,29 +217,41 @@ pub fn apply_balance_change(
             "the resulting balance would be out of the supported range".into(),
         ));
     }
-    let entry_id = new_uuid().to_string();
-    let at = now();
-    conn.prepare_cached("INSERT INTO ledger_entries (id, account_id, fund_type, amount, balance_after, reason, notes, actor, external_ref, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)")?.execute(params![
-            entry_id,
-            account.id,
-            change.fund.as_str(),
-            change.amount.atoms(),
-            after.atoms(),
-            change.reason.as_str(),
-            change.notes,
-            change.actor,
-            change.external_ref,
-            at
-        ],
-    )?;
-    conn.execute(
-        &format!(
-            "UPDATE accounts SET {} = ?2, updated_at = ?3 WHERE id = ?1",
-            fund_column(change.fund)
-        ),
-        params![account.id, after.atoms(), at],
-    )?;
+    let entry = LedgerEntry {
+        id: new_uuid().to_string(),
+        account_id: account.id.clone(),
+        fund_type: change.fund.as_str().to_string(),
+        amount: change.amount,
+        balance_after: after,
+        reason: change.reason.as_str().to_string(),
+        notes: change.notes.clone(),
+        actor: change.actor.clone(),
+        external_ref: change.external_ref.clone(),
+        created_at: now(),
+    };
+    conn.prepare_cached(
+        "INSERT INTO ledger_entries (id, account_id, fund_type, amount, balance_after, reason, notes, actor,
+                                     external_ref, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        entry.id,
+        entry.account_id,
+        entry.fund_type,
+        entry.amount.atoms(),
+        entry.balance_after.atoms(),
+        entry.reason,
+        entry.notes,
+        entry.actor,
+        entry.external_ref,
+        entry.created_at,
+    ])?;
+    // Three statements, one per fund column, each prepared once.
+    conn.prepare_cached(&format!(
+        "UPDATE accounts SET {} = ?2, updated_at = ?3 WHERE id = ?1",
+        fund_column(change.fund)
+    ))?
+    .execute(params![account.id, after.atoms(), entry.created_at])?;
     audit::append(
         conn,
         &audit
@@ -248,12 +260,17 @@ pub fn apply_balance_change(
             .detail("amount", change.amount.to_string())
             .detail("balanceBefore", before.to_string())
             .detail("balanceAfter", after.to_string())
-            .detail("ledgerEntryId", entry_id.clone()),
+            .detail("ledgerEntryId", entry.id.clone()),
     )?;
-    let entry = conn
-        .prepare_cached("SELECT * FROM ledger_entries WHERE id = ?1")?
-        .query_row([&entry_id], LedgerEntry::from_row)?;
-    Ok((get(conn, &account.id)?, entry))
+    // The rows as now stored, without reading them back.
+    let mut account = account;
+    match change.fund {
+        FundType::Real => account.real = after,
+        FundType::Demo => account.demo = after,
+        FundType::Bonus => account.bonus = after,
+    }
+    account.updated_at = entry.created_at.clone();
+    Ok((account, entry))
 }
 
 /// An account's ledger, newest first, paged by `before` (an entry id).
@@ -299,4 +316,51 @@ pub fn ledger_mismatches(conn: &Connection) -> StoreResult<Vec<String>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Email;
+    use crate::store::clients::{self, Contact};
+    use crate::store::Db;
+
+    #[test]
+    fn a_balance_change_returns_exactly_the_rows_it_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db")).unwrap();
+        db.write_sync(|tx| {
+            let email = Email::parse("a@example.com")?;
+            let client = clients::insert(tx, &email, None, &Contact::default())?;
+            let account = insert(tx, &client.id, None, "USD", Leverage::DEFAULT)?;
+            for (fund, amount) in [
+                (FundType::Real, "100.5"),
+                (FundType::Bonus, "7"),
+                (FundType::Real, "-0.25"),
+            ] {
+                let change = BalanceChange {
+                    account_id: account.id.clone(),
+                    fund,
+                    amount: Money::parse(amount)?,
+                    reason: Reason::Adjustment,
+                    notes: "test".into(),
+                    actor: "cli".into(),
+                    external_ref: None,
+                };
+                let (returned, entry) = apply_balance_change(tx, &change, Audit::new("cli", "test", "t"))?;
+                let stored = get(tx, &account.id)?;
+                assert_eq!(
+                    (returned.real, returned.demo, returned.bonus, &returned.updated_at),
+                    (stored.real, stored.demo, stored.bonus, &stored.updated_at)
+                );
+                let stored_entry = ledger(tx, &account.id, None, 1)?.remove(0);
+                assert_eq!(
+                    serde_json::to_value(&entry).unwrap(),
+                    serde_json::to_value(&stored_entry).unwrap()
+                );
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
 }

@@ -3,10 +3,10 @@
 //! Each row's `hash` is SHA-256 over the previous row's hash and this row's content, so editing
 //! or deleting any row breaks every hash after it; `crm verify` walks the chain.
 
+use crate::domain::new_uuid;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use crate::domain::new_uuid;
 
 use super::{now, StoreResult};
 

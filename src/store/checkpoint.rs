@@ -32,15 +32,17 @@ pub fn spawn(path: &Path) -> anyhow::Result<Nudge> {
     let conn = Connection::open(path)?;
     super::configure(&conn)?;
     let (nudge, nudged) = mpsc::sync_channel::<()>(1);
-    std::thread::Builder::new().name("crm-checkpoint".into()).spawn(move || {
-        while nudged.recv().is_ok() {
-            // A failure (the disk is full, a backup holds a lock) leaves the WAL to grow until the
-            // next try; every committed transaction is already durable in it.
-            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+    std::thread::Builder::new()
+        .name("crm-checkpoint".into())
+        .spawn(move || {
+            while nudged.recv().is_ok() {
+                // A failure (the disk is full, a backup holds a lock) leaves the WAL to grow until the
+                // next try; every committed transaction is already durable in it.
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+                }
+                std::thread::sleep(INTERVAL);
             }
-            std::thread::sleep(INTERVAL);
-        }
-    })?;
+        })?;
     Ok(Nudge(nudge))
 }

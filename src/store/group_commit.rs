@@ -1,6 +1,8 @@
 //! Group commit: every async write goes to one writer thread, which gathers the writes queued
-//! while the previous commit was syncing and runs them in ONE `BEGIN IMMEDIATE` transaction,
-//! each inside its own savepoint, then commits once (one fsync for the whole batch).
+//! while it was busy and runs them in ONE `BEGIN IMMEDIATE` transaction, each inside its own
+//! savepoint, then commits once. A second thread makes the commit durable (one `fdatasync` of the
+//! WAL for the batch, or for several batches that committed meanwhile, see [`WalFile`]) and only
+//! then reports back, while the writer goes on with the next batch.
 //!
 //! Each write still behaves as if it ran alone: it sees every earlier write of the batch, a
 //! failing write rolls back to its savepoint without touching the others, and its caller hears
@@ -13,18 +15,52 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
 
 use super::checkpoint::Nudge;
+use super::wal_file::WalFile;
 use super::{StoreError, StoreResult};
 
 /// Runs in the batch's transaction (`None` if the transaction could not be started) and returns
-/// what to do once the outcome of the commit is known (`None` = committed).
+/// what to do once the outcome of the commit is known (`None` = committed and durable).
 pub type Job = Box<dyn FnOnce(Option<&Transaction>) -> Completion + Send>;
-pub type Completion = Box<dyn FnOnce(Option<&rusqlite::Error>) + Send>;
+pub type Completion = Box<dyn FnOnce(Option<&Failure>) + Send>;
+
+/// Why a batch's writes did not take effect, or may not have.
+#[derive(Debug)]
+pub enum Failure {
+    Commit(rusqlite::Error),
+    Sync(std::io::Error),
+}
 
 /// More than enough to turn thousands of commits per second into a few dozen syncs.
 const MAX_BATCH: usize = 512;
 
-pub fn spawn(conn: Arc<Mutex<Connection>>, checkpoint: Nudge) -> std::io::Result<mpsc::Sender<Job>> {
+/// A batch the writer has finished with, on its way to the sync thread.
+struct Committed {
+    completions: Vec<Completion>,
+    outcome: Result<(), rusqlite::Error>,
+}
+
+pub fn spawn(conn: Arc<Mutex<Connection>>, wal: Arc<WalFile>, checkpoint: Nudge) -> std::io::Result<mpsc::Sender<Job>> {
     let (sender, receiver) = mpsc::channel::<Job>();
+    let (to_sync, committed) = mpsc::channel::<Committed>();
+    std::thread::Builder::new().name("crm-sync".into()).spawn(move || {
+        // Ends when the writer thread has ended and everything it committed is reported.
+        while let Ok(first) = committed.recv() {
+            let mut batches = vec![first];
+            batches.extend(committed.try_iter());
+            let synced = if batches.iter().any(|b| b.outcome.is_ok()) {
+                wal.sync().map_err(|e| {
+                    tracing::error!(error = %e, "syncing the WAL failed: the last commits may not survive a power loss");
+                    Failure::Sync(e)
+                })
+            } else {
+                Ok(())
+            };
+            for batch in batches {
+                settle(batch, synced.as_ref().err());
+            }
+            checkpoint.committed();
+        }
+    })?;
     std::thread::Builder::new().name("crm-writer".into()).spawn(move || {
         // Ends when every Db handle (and so every sender) is gone.
         while let Ok(first) = receiver.recv() {
@@ -35,22 +71,29 @@ pub fn spawn(conn: Arc<Mutex<Connection>>, checkpoint: Nudge) -> std::io::Result
                     Err(_) => break,
                 }
             }
-            let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            commit_batch(&mut conn, batch);
-            checkpoint.committed();
+            let committed = {
+                let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                commit_batch(&mut conn, batch)
+            };
+            if let Err(mpsc::SendError(orphan)) = to_sync.send(committed) {
+                // Cannot happen while this thread runs; never leave a caller without an answer.
+                settle(orphan, None);
+            }
         }
     })?;
     Ok(sender)
 }
 
-fn commit_batch(conn: &mut Connection, batch: Vec<Job>) {
+/// Runs the batch and commits it, without waiting for the disk.
+fn commit_batch(conn: &mut Connection, batch: Vec<Job>) -> Committed {
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
-        Err(_) => {
-            for job in batch {
-                job(None)(None);
-            }
-            return;
+        Err(e) => {
+            let completions = batch.into_iter().map(|job| job(None)).collect();
+            return Committed {
+                completions,
+                outcome: Err(e),
+            };
         }
     };
     let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
@@ -62,9 +105,18 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Job>) {
         let usable = !tx.is_autocommit();
         completions.push(job(usable.then_some(&tx)));
     }
-    let outcome = tx.commit();
-    for done in completions {
-        done(outcome.as_ref().err());
+    Committed {
+        completions,
+        outcome: tx.commit(),
+    }
+}
+
+/// Tells every job of a batch how it ended: its commit failed, or its sync did, or neither.
+fn settle(batch: Committed, sync_failure: Option<&Failure>) {
+    let commit_failure = batch.outcome.err().map(Failure::Commit);
+    let failure = commit_failure.as_ref().or(sync_failure);
+    for done in batch.completions {
+        done(failure);
     }
 }
 
@@ -80,10 +132,10 @@ where
             Some(tx) => in_savepoint(tx, f),
             None => Err(StoreError::Unavailable),
         };
-        Box::new(move |commit_error: Option<&rusqlite::Error>| {
-            let outcome = match (result, commit_error) {
+        Box::new(move |failure: Option<&Failure>| {
+            let outcome = match (result, failure) {
                 (Ok(value), None) => Ok(value),
-                (Ok(_), Some(e)) => Err(commit_failure(e)),
+                (Ok(_), Some(failure)) => Err(failure_error(failure)),
                 (Err(e), _) => Err(e),
             };
             // The caller may have gone away (client disconnected); the write stands either way.
@@ -111,10 +163,13 @@ fn in_savepoint<T>(tx: &Transaction, f: impl FnOnce(&Transaction) -> StoreResult
     }
 }
 
-fn commit_failure(e: &rusqlite::Error) -> StoreError {
-    match e.sqlite_error_code() {
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::DiskFull) => StoreError::Unavailable,
-        _ => StoreError::Other(anyhow::anyhow!("commit failed: {e}")),
+fn failure_error(failure: &Failure) -> StoreError {
+    match failure {
+        Failure::Commit(e) => match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::DiskFull) => StoreError::Unavailable,
+            _ => StoreError::Other(anyhow::anyhow!("commit failed: {e}")),
+        },
+        Failure::Sync(e) => StoreError::Other(anyhow::anyhow!("the commit could not be made durable: {e}")),
     }
 }
 
@@ -179,7 +234,7 @@ mod tests {
         let (after, after_result) = insert(2);
         {
             let mut conn = db.writer.lock().unwrap();
-            commit_batch(&mut conn, vec![first, abandon, after]);
+            settle(commit_batch(&mut conn, vec![first, abandon, after]), None);
         }
         assert!(
             first_result.blocking_recv().unwrap().is_err(),
@@ -194,6 +249,25 @@ mod tests {
             .read_sync(|c| Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?))
             .unwrap();
         assert_eq!(rows, 0, "nothing of the abandoned batch was committed");
+    }
+
+    #[test]
+    fn when_the_sync_fails_no_write_of_the_batch_reports_success() {
+        let (_dir, db) = scratch_db();
+        let (ok, ok_result) = job(|tx| Ok(tx.execute("INSERT INTO t (n) VALUES (1)", [])?));
+        let (refused, refused_result) = job(|_tx| -> StoreResult<()> { Err(StoreError::Conflict("no".into())) });
+        let committed = {
+            let mut conn = db.writer.lock().unwrap();
+            commit_batch(&mut conn, vec![ok, refused])
+        };
+        let sync_failure = Failure::Sync(std::io::Error::other("EIO"));
+        settle(committed, Some(&sync_failure));
+        let ok_error = ok_result.blocking_recv().unwrap().unwrap_err();
+        assert!(ok_error.to_string().contains("durable"), "{ok_error}");
+        assert!(
+            matches!(refused_result.blocking_recv().unwrap(), Err(StoreError::Conflict(_))),
+            "a write that failed on its own keeps its own error"
+        );
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@ pub mod notes;
 pub mod secret_history;
 pub mod sso;
 pub mod staff;
+mod wal_file;
 pub mod webhooks;
 
 use std::path::{Path, PathBuf};
@@ -98,12 +99,14 @@ pub struct Db {
     writer: Arc<Mutex<Connection>>,
     jobs: mpsc::Sender<group_commit::Job>,
     checkpoint: checkpoint::Nudge,
+    wal: Arc<wal_file::WalFile>,
     path: Arc<PathBuf>,
 }
 
 /// Applied to every connection: enforced foreign keys, waiting on locks held by another process
 /// (a backup, the CLI) instead of failing, and a full sync on commit so an acknowledged write
-/// survives power loss. Store functions prepare their statements through the connection's cache,
+/// survives power loss (the writer connection then trades it for syncing the WAL itself, see
+/// `wal_file`, with the same guarantee). Store functions prepare their statements through the connection's cache,
 /// so the hot paths parse their SQL once per connection, not once per request. Temporary data
 /// stays in memory: above all the savepoint journal, which group commit fills with a copy of
 /// every page a batched write touches first (as a temp file, that was a quarter of the writer's time).
@@ -134,17 +137,21 @@ impl Db {
             .connection_timeout(Duration::from_secs(10))
             .build(manager)
             .context("cannot open database connections")?;
-        // Checkpoints run on their own thread (see `checkpoint`), not inside the writer's commits.
+        // Checkpoints run on their own thread (see `checkpoint`), not inside the writer's commits,
+        // and the writer's commits are made durable by syncing the WAL after them (see `wal_file`).
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        writer.pragma_update(None, "synchronous", "NORMAL")?;
+        let wal = Arc::new(wal_file::WalFile::open(path).context("cannot open the database's WAL file")?);
         let checkpoint = checkpoint::spawn(path).context("cannot start the checkpoint thread")?;
         let writer = Arc::new(Mutex::new(writer));
-        let jobs =
-            group_commit::spawn(writer.clone(), checkpoint.clone()).context("cannot start the database writer")?;
+        let jobs = group_commit::spawn(writer.clone(), wal.clone(), checkpoint.clone())
+            .context("cannot start the database writer")?;
         Ok(Db {
             readers,
             writer,
             jobs,
             checkpoint,
+            wal,
             path: Arc::new(path.to_path_buf()),
         })
     }
@@ -196,6 +203,9 @@ impl Db {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let value = f(&tx)?;
         tx.commit()?;
+        self.wal
+            .sync()
+            .map_err(|e| StoreError::Other(anyhow::anyhow!("the commit could not be made durable: {e}")))?;
         self.checkpoint.committed();
         Ok(value)
     }
