@@ -186,9 +186,19 @@ fn a_backup_is_taken_before_migrating_an_existing_database() {
     let latest: i64 = conn
         .query_row("SELECT MAX(version) FROM refinery_schema_history", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(latest, 2, "update this test when a migration is added");
-    conn.execute_batch("DELETE FROM refinery_schema_history WHERE version = 2; DROP TABLE secret_history;")
-        .unwrap();
+    assert_eq!(latest, 3, "update this test when a migration is added");
+    conn.execute(
+        "INSERT INTO clients (id, email, first_name, last_name, created_at, updated_at)
+         VALUES ('c1', 'early.bird@example.com', 'Early', 'Bird', '2025-01-01T00:00:00.000Z', '2025-01-01T00:00:00.000Z')",
+        [],
+    )
+    .unwrap();
+    conn.execute_batch(
+        "DELETE FROM refinery_schema_history WHERE version = 3;
+         DROP TRIGGER clients_search_insert; DROP TRIGGER clients_search_update; DROP TRIGGER clients_search_delete;
+         DROP TABLE clients_search; DROP VIEW clients_search_source;",
+    )
+    .unwrap();
     drop(conn);
 
     assert!(crm_command(dir.path()).arg("migrate").status().unwrap().success());
@@ -198,10 +208,21 @@ fn a_backup_is_taken_before_migrating_an_existing_database() {
         .collect();
     assert_eq!(backups.len(), 1);
     let name = backups[0].file_name().to_string_lossy().into_owned();
-    assert!(name.starts_with("crm-pre-migration-v1-"), "{name}");
-    // The copy is the database as it was: without the new table.
+    assert!(name.starts_with("crm-pre-migration-v2-"), "{name}");
+    // The copy is the database as it was: without the new index.
     let old = rusqlite::Connection::open(backups[0].path()).unwrap();
-    assert!(old.prepare("SELECT * FROM secret_history").is_err());
+    assert!(old.prepare("SELECT * FROM clients_search").is_err());
+    // The migrated database's index covers the clients that were there before it.
+    let new = rusqlite::Connection::open(dir.path().join("crm.db")).unwrap();
+    let found: String = new
+        .query_row(
+            "SELECT c.email FROM clients c JOIN clients_search s ON s.rowid = c.rowid
+             WHERE clients_search MATCH '\"ly bi\"'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(found, "early.bird@example.com");
 
     // Nothing pending: no further backup.
     assert!(crm_command(dir.path()).arg("migrate").status().unwrap().success());

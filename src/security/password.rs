@@ -65,7 +65,10 @@ mod tests {
     fn new_hashes_use_the_small_memory_setting_and_older_settings_still_verify() {
         assert!(hash("correct horse battery").unwrap().contains("$m=7168,t=5,p=1$"));
         let salt = SaltString::generate(&mut OsRng);
-        let older = Argon2::default().hash_password(b"an older password", &salt).unwrap().to_string();
+        let older = Argon2::default()
+            .hash_password(b"an older password", &salt)
+            .unwrap()
+            .to_string();
         assert!(older.contains("$m=19456,t=2,p=1$"));
         assert!(verify("an older password", &older));
         assert!(!verify("another password", &older));

@@ -121,36 +121,139 @@ pub fn update_contact(conn: &Connection, id: &str, email: Option<&Email>, contac
     get(conn, id)
 }
 
-/// Staff search: a case-insensitive match on email, names or platform id, newest first,
-/// paged by keyset (`after` is the last row's `createdAt|id` cursor).
+/// Terms found in more clients than this are searched by walking the clients newest first,
+/// which fills the first page at once; rarer terms through the trigram index (migration V3),
+/// which finds them without reading every client.
+const INDEXED_SEARCH_MAX_MATCHES: i64 = 5_000;
+
+/// Clients whose email, name ("first last") or platform client id contains `term` (any case),
+/// newest first, after the `(created_at, id)` cursor. No term: every client.
 pub fn search(
     conn: &Connection,
     term: Option<&str>,
     after: Option<(&str, &str)>,
     limit: u32,
 ) -> StoreResult<Vec<Client>> {
-    let pattern = term.map(|t| {
-        format!(
-            "%{}%",
-            t.trim()
-                .to_lowercase()
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_")
-        )
-    });
+    search_with(conn, term, after, limit, INDEXED_SEARCH_MAX_MATCHES)
+}
+
+fn search_with(
+    conn: &Connection,
+    term: Option<&str>,
+    after: Option<(&str, &str)>,
+    limit: u32,
+    indexed_max_matches: i64,
+) -> StoreResult<Vec<Client>> {
+    let term = term.map(|t| t.trim().to_lowercase()).filter(|t| !t.is_empty());
     let (after_at, after_id) = after.unzip();
+    let limit = limit.clamp(1, 200);
+    // Trigrams need three characters; a shorter term is common enough to be found by walking.
+    if let Some(term) = term.as_ref().filter(|t| t.chars().count() >= 3) {
+        let phrase = format!("\"{}\"", term.replace('"', "\"\""));
+        let matches: i64 = conn
+            .prepare_cached(
+                "SELECT count(*) FROM (SELECT 1 FROM clients_search WHERE clients_search MATCH ?1 LIMIT ?2)",
+            )?
+            .query_row(params![phrase, indexed_max_matches.saturating_add(1)], |r| r.get(0))?;
+        if matches <= indexed_max_matches {
+            let mut stmt = conn.prepare_cached(
+                "SELECT * FROM clients
+                 WHERE rowid IN (SELECT rowid FROM clients_search WHERE clients_search MATCH ?1)
+                   AND (?2 IS NULL OR (created_at, id) < (?2, ?3))
+                 ORDER BY created_at DESC, id DESC LIMIT ?4",
+            )?;
+            let rows = stmt.query_map(params![phrase, after_at, after_id, limit], Client::from_row)?;
+            return Ok(rows.collect::<Result<_, _>>()?);
+        }
+    }
+    let pattern = term.map(|t| format!("%{}%", t.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
     let mut stmt = conn.prepare_cached(
         "SELECT * FROM clients
-         WHERE (?1 IS NULL OR email LIKE ?1 ESCAPE '\\' OR lower(first_name) LIKE ?1 ESCAPE '\\'
-                OR lower(last_name) LIKE ?1 ESCAPE '\\' OR lower(first_name || ' ' || last_name) LIKE ?1 ESCAPE '\\'
+         WHERE (?1 IS NULL OR email LIKE ?1 ESCAPE '\\' OR lower(first_name || ' ' || last_name) LIKE ?1 ESCAPE '\\'
                 OR lower(platform_client_id) LIKE ?1 ESCAPE '\\')
            AND (?2 IS NULL OR (created_at, id) < (?2, ?3))
          ORDER BY created_at DESC, id DESC LIMIT ?4",
     )?;
-    let rows = stmt.query_map(
-        params![pattern, after_at, after_id, limit.clamp(1, 200)],
-        Client::from_row,
-    )?;
+    let rows = stmt.query_map(params![pattern, after_at, after_id, limit], Client::from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Db;
+
+    fn emails(found: Vec<Client>) -> Vec<String> {
+        found.into_iter().map(|c| c.email).collect()
+    }
+
+    #[test]
+    fn the_trigram_index_and_the_walk_find_the_same_clients_in_the_same_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db")).unwrap();
+        db.write_sync(|tx| {
+            let people = [
+                ("ann.smith@example.com", "Ann", "Smith", Some("TP-1001")),
+                ("bob@example.org", "Bob", "Smithers", None),
+                ("c_100%@example.net", "Carl", "Percent", Some("TP-1002")),
+                ("dora@example.com", "Dora", "O\"Brien", None),
+                ("eve@example.com", "Eve", "Annan", Some("X-77")),
+            ];
+            for (email, first, last, platform) in people {
+                let contact = Contact {
+                    first_name: Some(first.into()),
+                    last_name: Some(last.into()),
+                    phone: None,
+                };
+                insert(tx, &Email::parse(email)?, platform, &contact)?;
+            }
+            // A renamed client is found by the new name only.
+            let eve = find_by_email(tx, &Email::parse("eve@example.com")?)?.unwrap();
+            let renamed = Contact {
+                last_name: Some("Zed".into()),
+                ..Contact::default()
+            };
+            update_contact(tx, &eve.id, None, &renamed)?;
+
+            let cases: [(&str, &[&str]); 10] = [
+                ("SMITH", &["ann.smith@example.com", "bob@example.org"]),
+                ("ann smith", &["ann.smith@example.com"]),
+                ("tp-100", &["ann.smith@example.com", "c_100%@example.net"]),
+                ("100%", &["c_100%@example.net"]),
+                ("o\"bri", &["dora@example.com"]),
+                ("a o\"", &["dora@example.com"]),
+                ("eve zed", &["eve@example.com"]),
+                ("annan", &[]),
+                ("nobody", &[]),
+                (
+                    "  ",
+                    &[
+                        "ann.smith@example.com",
+                        "bob@example.org",
+                        "c_100%@example.net",
+                        "dora@example.com",
+                        "eve@example.com",
+                    ],
+                ),
+            ];
+            for (term, want) in cases {
+                let indexed = emails(search_with(tx, Some(term), None, 50, i64::MAX)?);
+                let walked = emails(search_with(tx, Some(term), None, 50, -1)?);
+                assert_eq!(indexed, walked, "both ways, in the same order, for {term:?}");
+                let mut found = indexed.clone();
+                found.sort();
+                assert_eq!(found, want, "search for {term:?}");
+            }
+            // The cursor pages both ways alike.
+            let first = search_with(tx, Some("example"), None, 2, i64::MAX)?;
+            let last = first.last().unwrap();
+            let cursor = Some((last.created_at.as_str(), last.id.as_str()));
+            assert_eq!(
+                emails(search_with(tx, Some("example"), cursor, 50, i64::MAX)?),
+                emails(search_with(tx, Some("example"), cursor, 50, -1)?)
+            );
+            Ok(())
+        })
+        .unwrap();
+    }
 }
