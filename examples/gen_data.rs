@@ -95,9 +95,10 @@ fn main() -> anyhow::Result<()> {
             for i in done..end {
                 let (first, last) = (FIRST[rng.gen_range(0..FIRST.len())], LAST[rng.gen_range(0..LAST.len())]);
                 let email = format!("{first}.{last}.{i}@example.com");
-                let id = uuid(&mut rng);
-                let account_id = uuid(&mut rng);
-                let at = timestamp(origin + i as i64 * step);
+                let at_ms = origin + i as i64 * step;
+                let id = uuid(&mut rng, at_ms);
+                let account_id = uuid(&mut rng, at_ms);
+                let at = timestamp(at_ms);
                 client.execute(params![
                     id,
                     format!("TP{}", 100_000 + i),
@@ -159,7 +160,8 @@ fn main() -> anyhow::Result<()> {
                 };
                 let after = before + amount;
                 balances[a][fund] = after;
-                let id = uuid(&mut rng);
+                let at_ms = origin + k as i64 * ledger_step;
+                let id = uuid(&mut rng, at_ms);
                 let external_ref = format!("TX{}", 1_000_000 + k);
                 entry.execute(params![
                     id,
@@ -170,7 +172,7 @@ fn main() -> anyhow::Result<()> {
                     reason,
                     actors::WEBHOOK,
                     external_ref,
-                    timestamp(origin + k as i64 * ledger_step)
+                    timestamp(at_ms)
                 ])?;
                 audit::append(
                     &tx,
@@ -216,8 +218,12 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn uuid(rng: &mut StdRng) -> String {
-    uuid::Builder::from_random_bytes(rng.gen()).into_uuid().to_string()
+/// A UUIDv7 for the given time, as the CRM makes them (`domain::new_uuid`), but reproducible.
+fn uuid(rng: &mut StdRng, at_ms: i64) -> String {
+    let random: [u8; 10] = rng.gen();
+    uuid::Builder::from_unix_timestamp_millis(at_ms as u64, &random)
+        .into_uuid()
+        .to_string()
 }
 
 fn timestamp(ms: i64) -> String {

@@ -294,23 +294,49 @@ pub fn ledger_for_client(conn: &Connection, client_id: &str, limit: u32) -> Stor
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+fn text<'r>(row: &'r Row, column: usize) -> rusqlite::Result<&'r str> {
+    Ok(row.get_ref(column)?.as_str()?)
+}
+
 /// Accounts whose stored balance differs from the sum of their ledger entries, per fund.
+///
+/// One pass over the ledger in storage order, summing per account in memory, then one over the
+/// accounts: on a large ledger that is many times faster than summing each account through its
+/// index, which reads the entries in random order.
 pub fn ledger_mismatches(conn: &Connection) -> StoreResult<Vec<String>> {
+    let mut sums: std::collections::HashMap<String, [i128; 3]> = std::collections::HashMap::new();
+    let mut entries = conn.prepare("SELECT account_id, fund_type, amount FROM ledger_entries")?;
+    let mut rows = entries.query([])?;
+    while let Some(r) = rows.next()? {
+        let account = text(r, 0)?;
+        let fund_type = text(r, 1)?;
+        // The schema's CHECK allows only the three funds.
+        let fund = FundType::ALL
+            .iter()
+            .position(|f| f.as_str() == fund_type)
+            .unwrap_or_default();
+        let amount = i128::from(r.get::<_, i64>(2)?);
+        match sums.get_mut(account) {
+            Some(funds) => funds[fund] += amount,
+            None => {
+                let mut funds = [0; 3];
+                funds[fund] = amount;
+                sums.insert(account.to_string(), funds);
+            }
+        }
+    }
     let mut out = Vec::new();
-    for fund in FundType::ALL {
-        let sql = format!(
-            "SELECT a.id, a.{col}, COALESCE((SELECT SUM(amount) FROM ledger_entries l
-                                         WHERE l.account_id = a.id AND l.fund_type = ?1), 0)
-             FROM accounts a",
-            col = fund_column(*fund)
-        );
-        let mut stmt = conn.prepare(&sql)?;
-        let mut rows = stmt.query([fund.as_str()])?;
-        while let Some(r) = rows.next()? {
-            let (id, stored, summed): (String, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
-            if stored != summed {
+    let mut accounts = conn.prepare("SELECT id, real_balance, demo_balance, bonus_balance FROM accounts")?;
+    let mut rows = accounts.query([])?;
+    while let Some(r) = rows.next()? {
+        let id = text(r, 0)?;
+        let summed = sums.get(id).copied().unwrap_or_default();
+        for (i, fund) in FundType::ALL.iter().enumerate() {
+            let stored = r.get::<_, i64>(i + 1)?;
+            if i128::from(stored) != summed[i] {
                 out.push(format!(
-                    "account {id}: {fund} balance {stored} but ledger sums to {summed} (hundred-millionths)"
+                    "account {id}: {fund} balance {stored} but ledger sums to {} (hundred-millionths)",
+                    summed[i]
                 ));
             }
         }

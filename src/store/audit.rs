@@ -162,13 +162,6 @@ impl AuditRow {
             hash: r.get("hash")?,
         })
     }
-
-    fn details_text(&self) -> String {
-        match &self.details {
-            serde_json::Value::String(s) => s.clone(),
-            v => v.to_string(),
-        }
-    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -236,42 +229,115 @@ pub fn append(conn: &Connection, entry: &Audit) -> StoreResult<String> {
 
 /// Walks the whole chain. Returns a description of the first broken link, if any.
 pub fn verify_chain(conn: &Connection) -> StoreResult<Option<String>> {
-    let mut stmt = conn.prepare_cached("SELECT * FROM audit_log ORDER BY seq")?;
-    let mut rows = stmt.query([])?;
-    let mut expected_prev = GENESIS.to_string();
-    let mut expected_seq: Option<i64> = None;
+    let stretch = walk_chain(conn, i64::MIN, i64::MAX)?;
+    Ok(stitch(&[stretch]))
+}
+
+/// What one stretch of the chain holds, so stretches walked in parallel can be joined.
+#[derive(Debug)]
+pub enum Stretch {
+    Empty,
+    Rows {
+        first_seq: i64,
+        first_prev: String,
+        last_seq: i64,
+        last_hash: String,
+    },
+    /// The first broken link inside the stretch.
+    Broken(String),
+}
+
+/// Walks the rows with `from <= seq <= to`: each row's hash must be that of its content and the
+/// hash before it, each row must name the hash of the row before it, and no seq may be missing.
+/// Hashes the stored text itself, without decoding anything.
+pub fn walk_chain(conn: &Connection, from: i64, to: i64) -> StoreResult<Stretch> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, id, at, actor, action, target, outcome, ip, details, prev_hash, hash
+         FROM audit_log WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
+    )?;
+    let mut rows = stmt.query([from, to])?;
+    let mut first: Option<(i64, String)> = None;
+    let mut last: Option<(i64, String)> = None;
     while let Some(r) = rows.next()? {
-        let row = AuditRow::from_row(r)?;
-        if let Some(seq) = expected_seq.filter(|s| *s != row.seq) {
-            return Ok(Some(format!(
-                "audit row {seq} is missing (next row found is {})",
-                row.seq
-            )));
-        }
-        if row.prev_hash != expected_prev {
-            return Ok(Some(format!("audit row {} does not follow the row before it", row.seq)));
+        let text = |i: usize| -> rusqlite::Result<&str> { Ok(r.get_ref(i)?.as_str()?) };
+        let seq: i64 = r.get(0)?;
+        let (prev_hash, hash) = (text(9)?, text(10)?);
+        if let Some((last_seq, last_hash)) = &last {
+            if seq != last_seq + 1 {
+                let missing = last_seq + 1;
+                return Ok(Stretch::Broken(format!(
+                    "audit row {missing} is missing (next row found is {seq})"
+                )));
+            }
+            if prev_hash != last_hash {
+                return Ok(Stretch::Broken(format!(
+                    "audit row {seq} does not follow the row before it"
+                )));
+            }
         }
         let recomputed = chain_hash(
-            &row.prev_hash,
-            &row.id,
-            &row.at,
-            &row.actor,
-            &row.action,
-            &row.target,
-            &row.outcome,
-            &row.ip,
-            &row.details_text(),
+            prev_hash,
+            text(1)?,
+            text(2)?,
+            text(3)?,
+            text(4)?,
+            text(5)?,
+            text(6)?,
+            text(7)?,
+            text(8)?,
         );
-        if recomputed != row.hash {
-            return Ok(Some(format!(
-                "audit row {} ({}) was altered after it was written",
-                row.seq, row.id
+        if recomputed != hash {
+            return Ok(Stretch::Broken(format!(
+                "audit row {seq} ({}) was altered after it was written",
+                text(1)?
             )));
         }
-        expected_prev = row.hash;
-        expected_seq = Some(row.seq + 1);
+        if first.is_none() {
+            first = Some((seq, prev_hash.to_string()));
+        }
+        last = Some((seq, hash.to_string()));
     }
-    Ok(None)
+    Ok(match (first, last) {
+        (Some((first_seq, first_prev)), Some((last_seq, last_hash))) => Stretch::Rows {
+            first_seq,
+            first_prev,
+            last_seq,
+            last_hash,
+        },
+        _ => Stretch::Empty,
+    })
+}
+
+/// Joins consecutive stretches into the whole chain's verdict: the first
+/// broken link, in chain order, or `None` if the chain is intact.
+pub fn stitch(stretches: &[Stretch]) -> Option<String> {
+    let mut before: Option<(i64, &str)> = None;
+    for stretch in stretches {
+        match stretch {
+            Stretch::Broken(why) => return Some(why.clone()),
+            // Rows missing here are reported by the next stretch that has rows.
+            Stretch::Empty => {}
+            Stretch::Rows {
+                first_seq,
+                first_prev,
+                last_seq,
+                last_hash,
+            } => {
+                let expected_prev = before.map_or(GENESIS, |(_, hash)| hash);
+                if let Some((last_before, _)) = before.filter(|(seq, _)| *first_seq != seq + 1) {
+                    let missing = last_before + 1;
+                    return Some(format!(
+                        "audit row {missing} is missing (next row found is {first_seq})"
+                    ));
+                }
+                if first_prev != expected_prev {
+                    return Some(format!("audit row {first_seq} does not follow the row before it"));
+                }
+                before = Some((*last_seq, last_hash));
+            }
+        }
+    }
+    None
 }
 
 /// Filters for reading the log; every field optional. Newest first, paged by `before` (a seq).
@@ -319,4 +385,86 @@ pub fn query(conn: &Connection, q: &AuditQuery) -> StoreResult<Vec<AuditRow>> {
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map(rusqlite::params_from_iter(args), AuditRow::from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Db;
+
+    /// A chain of ten entries; `damage` runs with the append-only triggers dropped.
+    fn chain_then(damage: &str) -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db")).unwrap();
+        db.write_sync(|tx| {
+            for i in 0..10 {
+                append(tx, &Audit::new("cli", "test", format!("t:{i}")).detail("i", i))?;
+            }
+            tx.execute_batch("DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete;")?;
+            tx.execute_batch(damage)?;
+            Ok(())
+        })
+        .unwrap();
+        (dir, db)
+    }
+
+    fn verdict(db: &Db, bounds: &[(i64, i64)]) -> Option<String> {
+        db.read_sync(|conn| {
+            let stretches = bounds
+                .iter()
+                .map(|&(from, to)| walk_chain(conn, from, to))
+                .collect::<StoreResult<Vec<_>>>()?;
+            Ok(stitch(&stretches))
+        })
+        .unwrap()
+    }
+
+    const SPLITS: [&[(i64, i64)]; 3] = [&[(1, 10)], &[(1, 5), (6, 10)], &[(1, 3), (4, 6), (7, 10)]];
+
+    #[test]
+    fn an_intact_chain_passes_however_it_is_split() {
+        let (_dir, db) = chain_then("");
+        for split in SPLITS {
+            assert_eq!(verdict(&db, split), None, "{split:?}");
+        }
+        assert_eq!(db.read_sync(verify_chain).unwrap(), None);
+    }
+
+    #[test]
+    fn damage_is_found_wherever_the_stretches_begin_and_end() {
+        let cases = [
+            (
+                "DELETE FROM audit_log WHERE seq = 6",
+                "audit row 6 is missing (next row found is 7)",
+            ),
+            (
+                "DELETE FROM audit_log WHERE seq BETWEEN 4 AND 6",
+                "audit row 4 is missing (next row found is 7)",
+            ),
+            (
+                "DELETE FROM audit_log WHERE seq = 1",
+                "audit row 2 does not follow the row before it",
+            ),
+        ];
+        for (damage, want) in cases {
+            let (_dir, db) = chain_then(damage);
+            for split in SPLITS {
+                assert_eq!(verdict(&db, split).as_deref(), Some(want), "{damage} / {split:?}");
+            }
+        }
+        // A stretch cannot check its first row's link, so it finds that row's hash wrong instead.
+        let (_dir, db) = chain_then("UPDATE audit_log SET prev_hash = hash WHERE seq = 4");
+        for split in SPLITS {
+            let found = verdict(&db, split).unwrap();
+            assert!(found.starts_with("audit row 4 "), "{split:?}: {found}");
+        }
+        let (_dir, db) = chain_then("UPDATE audit_log SET details = '{\"i\":80}' WHERE seq = 8");
+        for split in SPLITS {
+            let found = verdict(&db, split).unwrap();
+            assert!(
+                found.starts_with("audit row 8 (") && found.ends_with("was altered after it was written"),
+                "{found}"
+            );
+        }
+    }
 }
