@@ -55,7 +55,12 @@ pub enum Command {
     },
     /// Check the database: integrity, balances against the ledger, the audit chain. Exits
     /// non-zero on any failure.
-    Verify,
+    Verify {
+        /// Also check every index entry against its row (SQLite's `integrity_check` instead of
+        /// `quick_check`): several times slower on a large database.
+        #[arg(long)]
+        full: bool,
+    },
     /// The integration guide's pre-production checklist, checked automatically: one line per
     /// item with ok, warn or FAIL and how to fix it. Exits non-zero on any FAIL.
     Doctor,

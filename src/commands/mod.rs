@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use crate::cli::{Cli, Command, SecretsCommand};
 use crate::config::{Overrides, Settings, SECRET_NAMES};
+use crate::ops::verify::Depth;
 use crate::store::Db;
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -40,8 +41,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("backup written to {}", path.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify => {
-            let report = crate::ops::verify::run(&open_db(&flags)?)?;
+        Command::Verify { full } => {
+            let depth = if full { Depth::Full } else { Depth::Quick };
+            let report = crate::ops::verify::run(&open_db(&flags)?, depth)?;
             print!("{report}");
             Ok(if report.ok() {
                 ExitCode::SUCCESS
