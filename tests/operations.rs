@@ -27,7 +27,11 @@ async fn verify_passes_on_a_healthy_database_and_fails_when_an_audit_row_is_edit
     assert!(stdout(&out).contains("ok    SQLite quick check"), "{}", stdout(&out));
     let full = app.crm(&["verify", "--full"]);
     assert!(full.status.success(), "{}", stdout(&full));
-    assert!(stdout(&full).contains("ok    SQLite integrity check"), "{}", stdout(&full));
+    assert!(
+        stdout(&full).contains("ok    SQLite integrity check"),
+        "{}",
+        stdout(&full)
+    );
 
     let conn = app.sqlite();
     conn.execute_batch(

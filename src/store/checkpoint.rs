@@ -5,9 +5,15 @@
 //! the database file and syncs it. Instead the writer's automatic checkpoint is off and, after
 //! each commit, it nudges this thread, which runs a PASSIVE checkpoint (one that never waits for
 //! or blocks the writer) at most every [`INTERVAL`], on the other core.
+//!
+//! A passive checkpoint under steady writes never quite finishes (frames keep arriving while it
+//! copies), and SQLite starts the WAL over only after one has. So when the WAL has grown past
+//! [`RESET_FRAMES`], the thread holds the writer between two batches just long enough to copy the
+//! frames the last pass missed; the writer's next transaction then starts the WAL from the top.
 
 use std::path::Path;
 use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -15,6 +21,13 @@ use rusqlite::Connection;
 /// Long enough for a page written many times under load to be copied once, short enough that
 /// the WAL stays a few megabytes.
 const INTERVAL: Duration = Duration::from_millis(200);
+
+/// 128 MiB of 4 KiB pages: past this, the WAL is brought back to empty. Each time stalls the
+/// writer for a few milliseconds; under full load that is every few seconds.
+const RESET_FRAMES: i64 = 32 * 1024;
+
+/// Kept when the WAL starts over, so a burst does not leave a large file behind.
+pub const WAL_SIZE_LIMIT: i64 = 160 * 1024 * 1024;
 
 /// Tells the checkpoint thread that something was committed. Cheap and never blocks.
 #[derive(Clone)]
@@ -28,7 +41,7 @@ impl Nudge {
 }
 
 /// Starts the thread on its own connection to `path`. It ends when every [`Nudge`] is gone.
-pub fn spawn(path: &Path) -> anyhow::Result<Nudge> {
+pub fn spawn(path: &Path, writer: Arc<Mutex<Connection>>) -> anyhow::Result<Nudge> {
     let conn = Connection::open(path)?;
     super::configure(&conn)?;
     let (nudge, nudged) = mpsc::sync_channel::<()>(1);
@@ -38,11 +51,58 @@ pub fn spawn(path: &Path) -> anyhow::Result<Nudge> {
             while nudged.recv().is_ok() {
                 // A failure (the disk is full, a backup holds a lock) leaves the WAL to grow until the
                 // next try; every committed transaction is already durable in it.
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                let outcome = passive(&conn).and_then(|wal_frames| {
+                    if wal_frames <= RESET_FRAMES {
+                        return Ok(());
+                    }
+                    let _between_batches = writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    passive(&conn).map(drop)
+                });
+                if let Err(e) = outcome {
                     tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
                 }
                 std::thread::sleep(INTERVAL);
             }
         })?;
     Ok(Nudge(nudge))
+}
+
+/// One passive checkpoint; returns how many frames the WAL holds.
+fn passive(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::Db;
+
+    /// Under writes that never pause, a passive checkpoint never finishes on its own, and
+    /// without the pause between batches the WAL would hold everything ever written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_starts_over_while_writes_never_pause() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let db = Db::open(&path).unwrap();
+        db.write(|tx| Ok(tx.execute_batch("CREATE TABLE blobs (b BLOB NOT NULL)")?))
+            .await
+            .unwrap();
+        // 384 MiB in 16 KiB rows, from eight writers at once: far more than the WAL may hold.
+        let writers: Vec<_> = (0..8)
+            .map(|_| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    for _ in 0..3072 {
+                        db.write(|tx| Ok(tx.execute("INSERT INTO blobs (b) VALUES (zeroblob(16384))", [])?))
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await.unwrap();
+        }
+        let wal = std::fs::metadata(dir.path().join("t.db-wal")).unwrap().len();
+        assert!(wal < 256 * 1024 * 1024, "the WAL grew to {wal} bytes");
+    }
 }

@@ -142,8 +142,9 @@ impl Db {
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
         writer.pragma_update(None, "synchronous", "NORMAL")?;
         let wal = Arc::new(wal_file::WalFile::open(path).context("cannot open the database's WAL file")?);
-        let checkpoint = checkpoint::spawn(path).context("cannot start the checkpoint thread")?;
+        writer.pragma_update(None, "journal_size_limit", checkpoint::WAL_SIZE_LIMIT)?;
         let writer = Arc::new(Mutex::new(writer));
+        let checkpoint = checkpoint::spawn(path, writer.clone()).context("cannot start the checkpoint thread")?;
         let jobs = group_commit::spawn(writer.clone(), wal.clone(), checkpoint.clone())
             .context("cannot start the database writer")?;
         Ok(Db {
