@@ -166,7 +166,7 @@ fn main() -> anyhow::Result<()> {
         let terms = [
             ("(no term: newest clients)", String::new()),
             ("common surname", "smith".to_string()),
-            ("full name", "maria garcia".to_string()),
+            ("full name", "mary garcia".to_string()),
             ("platform id", format!("tp{}", 100_000 + clients / 2)),
             ("one client's email", emails.first().cloned().unwrap_or_default()),
             ("no match", "zzqx-nobody".to_string()),

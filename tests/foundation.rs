@@ -162,11 +162,22 @@ async fn unknown_routes_and_wrong_methods_answer_json() {
 }
 
 #[tokio::test]
-async fn sigterm_stops_the_server_cleanly() {
+async fn sigterm_stops_the_server_cleanly_and_leaves_everything_in_the_database_file() {
     let mut app = spawn_app();
     assert_eq!(app.get("/healthz").await.0, 200);
+    assert_eq!(app.register("kept@example.com").await.0, 200);
     let status = app.terminate();
     assert!(status.success(), "exit status {status}");
+    let wal = std::fs::metadata(app.dir.path().join("crm.db-wal")).map_or(0, |m| m.len());
+    assert_eq!(wal, 0, "the WAL was folded into crm.db on the way out");
+    // The operator's cold backup: the database file alone, without the WAL beside it.
+    let copy = app.dir.path().join("copy.db");
+    std::fs::copy(app.db_path(), &copy).unwrap();
+    let conn = rusqlite::Connection::open(&copy).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT COUNT(*) FROM clients WHERE email = 'kept@example.com'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1, "a client registered before the stop is in crm.db itself");
 }
 
 #[test]

@@ -131,7 +131,19 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Stops the server as an operator would (SIGTERM, so it folds its WAL into the database
+    /// file and the next measurement starts from a settled file); kills it if it will not stop.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

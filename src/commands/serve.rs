@@ -49,8 +49,12 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
                 settings.backup_keep,
             ));
         }
-        let state = AppState::new(db, settings.clone(), secrets);
+        let state = AppState::new(db.clone(), settings.clone(), secrets);
         http::serve(state, listener, shutdown).await;
+        // Up to 128 MiB of committed writes may still be in the WAL (see store::checkpoint).
+        if let Err(e) = db.checkpoint_fully() {
+            tracing::warn!(error = %e, "could not fold the WAL into the database file on the way out");
+        }
         tracing::info!("CRM stopped");
         Ok::<_, anyhow::Error>(())
     })?;

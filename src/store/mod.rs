@@ -196,6 +196,18 @@ impl Db {
         f(&conn)
     }
 
+    /// Copies everything in the WAL into the database file and empties the WAL, so the file alone
+    /// is the whole database: a copy of `crm.db` taken while the CRM is stopped is complete.
+    /// Waits for a write in progress; run it when no more writes are coming.
+    pub fn checkpoint_fully(&self) -> StoreResult<()> {
+        let conn = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        if busy != 0 {
+            return Err(StoreError::Unavailable);
+        }
+        Ok(())
+    }
+
     /// A write of its own (no batching), for the command line and start-up.
     pub fn write_sync<T>(&self, f: impl FnOnce(&Transaction) -> StoreResult<T>) -> StoreResult<T> {
         // A panic while holding the lock poisons it; the connection itself is still sound
