@@ -175,7 +175,11 @@ async fn sigterm_stops_the_server_cleanly_and_leaves_everything_in_the_database_
     std::fs::copy(app.db_path(), &copy).unwrap();
     let conn = rusqlite::Connection::open(&copy).unwrap();
     let n: i64 = conn
-        .query_row("SELECT COUNT(*) FROM clients WHERE email = 'kept@example.com'", [], |r| r.get(0))
+        .query_row(
+            "SELECT COUNT(*) FROM clients WHERE email = 'kept@example.com'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(n, 1, "a client registered before the stop is in crm.db itself");
 }
