@@ -20,6 +20,7 @@ use warp::Filter;
 
 use super::error::ApiError;
 use super::{body, client_ip, ratelimit, with_state, AppState};
+use crate::domain::new_uuid;
 use crate::security::signature;
 use crate::store::audit::{self, actions, actors, Audit};
 use crate::store::webhooks::{self, NewAttempt, Status};
@@ -150,7 +151,7 @@ async fn record_unverified(
         _ => Status::Rejected,
     };
     let row = NewAttempt {
-        id: crate::domain::new_uuid().to_string(),
+        id: new_uuid().to_string(),
         received_at: arrival.received_at,
         event: payload::peek_event(&body),
         dedupe_key: None,

@@ -143,16 +143,7 @@ fn audit_chain(db: &Db) -> StoreResult<Option<String>> {
     let parts = std::thread::available_parallelism().map_or(2, |n| n.get()) as i64;
     let size = ((last - first) / parts).max(1) + 1;
     let bounds: Vec<(i64, i64)> = (0..parts)
-        .map(|i| {
-            (
-                first + i * size,
-                if i == parts - 1 {
-                    last
-                } else {
-                    first + (i + 1) * size - 1
-                },
-            )
-        })
+        .map(|i| (first + i * size, (first + (i + 1) * size - 1).min(last)))
         .filter(|(from, _)| *from <= last)
         .collect();
     let stretches = std::thread::scope(|scope| {

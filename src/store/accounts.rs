@@ -6,7 +6,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 use super::audit::{self, Audit};
-use super::{now, StoreError, StoreResult};
+use super::{now, text_column, StoreError, StoreResult};
 use crate::domain::{new_uuid, AccountId, FundType, Leverage, Money};
 
 #[derive(Debug, Clone)]
@@ -294,10 +294,6 @@ pub fn ledger_for_client(conn: &Connection, client_id: &str, limit: u32) -> Stor
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-fn text<'r>(row: &'r Row, column: usize) -> rusqlite::Result<&'r str> {
-    Ok(row.get_ref(column)?.as_str()?)
-}
-
 /// Accounts whose stored balance differs from the sum of their ledger entries, per fund.
 ///
 /// One pass over the ledger in storage order, summing per account in memory, then one over the
@@ -308,8 +304,8 @@ pub fn ledger_mismatches(conn: &Connection) -> StoreResult<Vec<String>> {
     let mut entries = conn.prepare("SELECT account_id, fund_type, amount FROM ledger_entries")?;
     let mut rows = entries.query([])?;
     while let Some(r) = rows.next()? {
-        let account = text(r, 0)?;
-        let fund_type = text(r, 1)?;
+        let account = text_column(r, 0)?;
+        let fund_type = text_column(r, 1)?;
         // The schema's CHECK allows only the three funds.
         let fund = FundType::ALL
             .iter()
@@ -329,7 +325,7 @@ pub fn ledger_mismatches(conn: &Connection) -> StoreResult<Vec<String>> {
     let mut accounts = conn.prepare("SELECT id, real_balance, demo_balance, bonus_balance FROM accounts")?;
     let mut rows = accounts.query([])?;
     while let Some(r) = rows.next()? {
-        let id = text(r, 0)?;
+        let id = text_column(r, 0)?;
         let summed = sums.get(id).copied().unwrap_or_default();
         for (i, fund) in FundType::ALL.iter().enumerate() {
             let stored = r.get::<_, i64>(i + 1)?;

@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{now, StoreResult};
+use super::{now, text_column, StoreResult};
 
 /// Who did something, as written in `actor`.
 pub mod actors {
@@ -259,20 +259,13 @@ pub fn walk_chain(conn: &Connection, from: i64, to: i64) -> StoreResult<Stretch>
     let mut first: Option<(i64, String)> = None;
     let mut last: Option<(i64, String)> = None;
     while let Some(r) = rows.next()? {
-        let text = |i: usize| -> rusqlite::Result<&str> { Ok(r.get_ref(i)?.as_str()?) };
+        let text = |i: usize| text_column(r, i);
         let seq: i64 = r.get(0)?;
         let (prev_hash, hash) = (text(9)?, text(10)?);
+        // The first row's link is checked by `stitch`, which knows the stretch before.
         if let Some((last_seq, last_hash)) = &last {
-            if seq != last_seq + 1 {
-                let missing = last_seq + 1;
-                return Ok(Stretch::Broken(format!(
-                    "audit row {missing} is missing (next row found is {seq})"
-                )));
-            }
-            if prev_hash != last_hash {
-                return Ok(Stretch::Broken(format!(
-                    "audit row {seq} does not follow the row before it"
-                )));
+            if let Some(why) = broken_link(Some((*last_seq, last_hash)), seq, prev_hash) {
+                return Ok(Stretch::Broken(why));
             }
         }
         let recomputed = chain_hash(
@@ -308,6 +301,21 @@ pub fn walk_chain(conn: &Connection, from: i64, to: i64) -> StoreResult<Stretch>
     })
 }
 
+/// What is wrong between the row before (its seq and hash; `None` before the first row) and row
+/// `seq`, which names `prev_hash` as the hash before it.
+fn broken_link(before: Option<(i64, &str)>, seq: i64, prev_hash: &str) -> Option<String> {
+    match before {
+        Some((before_seq, _)) if seq != before_seq + 1 => Some(format!(
+            "audit row {} is missing (next row found is {seq})",
+            before_seq + 1
+        )),
+        _ if prev_hash != before.map_or(GENESIS, |(_, hash)| hash) => {
+            Some(format!("audit row {seq} does not follow the row before it"))
+        }
+        _ => None,
+    }
+}
+
 /// Joins consecutive stretches into the whole chain's verdict: the first
 /// broken link, in chain order, or `None` if the chain is intact.
 pub fn stitch(stretches: &[Stretch]) -> Option<String> {
@@ -323,15 +331,8 @@ pub fn stitch(stretches: &[Stretch]) -> Option<String> {
                 last_seq,
                 last_hash,
             } => {
-                let expected_prev = before.map_or(GENESIS, |(_, hash)| hash);
-                if let Some((last_before, _)) = before.filter(|(seq, _)| *first_seq != seq + 1) {
-                    let missing = last_before + 1;
-                    return Some(format!(
-                        "audit row {missing} is missing (next row found is {first_seq})"
-                    ));
-                }
-                if first_prev != expected_prev {
-                    return Some(format!("audit row {first_seq} does not follow the row before it"));
+                if let Some(why) = broken_link(before, *first_seq, first_prev) {
+                    return Some(why);
                 }
                 before = Some((*last_seq, last_hash));
             }

@@ -76,8 +76,10 @@ pub fn spawn(conn: Arc<Mutex<Connection>>, wal: Arc<WalFile>, checkpoint: Nudge)
                 commit_batch(&mut conn, batch)
             };
             if let Err(mpsc::SendError(orphan)) = to_sync.send(committed) {
-                // Cannot happen while this thread runs; never leave a caller without an answer.
-                settle(orphan, None);
+                // Only if the sync thread died: never leave a caller without an answer, and never
+                // call a write durable that nobody synced.
+                let stopped = Failure::Sync(std::io::Error::other("the WAL sync thread has stopped"));
+                settle(orphan, Some(&stopped));
             }
         }
     })?;
@@ -163,7 +165,7 @@ fn in_savepoint<T>(tx: &Transaction, f: impl FnOnce(&Transaction) -> StoreResult
     }
 }
 
-fn failure_error(failure: &Failure) -> StoreError {
+pub(super) fn failure_error(failure: &Failure) -> StoreError {
     match failure {
         Failure::Commit(e) => match e.sqlite_error_code() {
             Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::DiskFull) => StoreError::Unavailable,

@@ -81,6 +81,11 @@ pub fn unique_conflict(e: rusqlite::Error, message: &str) -> StoreError {
     }
 }
 
+/// A text column borrowed from its row, for the long scans that read every row and keep none.
+fn text_column<'r>(row: &'r rusqlite::Row, column: usize) -> rusqlite::Result<&'r str> {
+    Ok(row.get_ref(column)?.as_str()?)
+}
+
 /// The current time as stored everywhere: RFC 3339, UTC, milliseconds.
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -218,7 +223,7 @@ impl Db {
         tx.commit()?;
         self.wal
             .sync()
-            .map_err(|e| StoreError::Other(anyhow::anyhow!("the commit could not be made durable: {e}")))?;
+            .map_err(|e| group_commit::failure_error(&group_commit::Failure::Sync(e)))?;
         self.checkpoint.committed();
         Ok(value)
     }

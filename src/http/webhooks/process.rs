@@ -14,6 +14,7 @@ use warp::http::StatusCode;
 
 use super::effects::{self, Ctx};
 use super::payload::{self, Action, Event};
+use crate::domain::new_uuid;
 use crate::http::error::ApiError;
 use crate::store::audit::{self, actions, Audit};
 use crate::store::webhooks::{self, NewAttempt, Status};
@@ -116,7 +117,7 @@ enum Applied {
 
 /// Runs a verified delivery and records it. Never fails: every outcome is an answer.
 pub async fn deliver(db: &Db, delivery: Delivery) -> Answer {
-    let attempt_id = crate::domain::new_uuid().to_string();
+    let attempt_id = new_uuid().to_string();
     let event = match payload::parse(&delivery.raw) {
         Ok(event) => event,
         Err(e) => return record_failure(db, delivery, attempt_id, None, e).await,
