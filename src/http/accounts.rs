@@ -122,7 +122,7 @@ async fn adjust_balance(state: AppState, session: Session, raw_id: String, body:
             external_ref: None,
         };
         let entry = entry.clone().detail("notes", notes);
-        let write = move |tx: &rusqlite::Transaction| accounts::apply_balance_change(tx, &change, entry);
+        let write = move |tx: &rusqlite::Transaction| accounts::apply_balance_change(tx, &change, entry.clone());
         Ok(state.db.write(write).await?.0)
     }
     .await;
@@ -150,7 +150,7 @@ async fn set_leverage(state: AppState, session: Session, raw_id: String, body: B
                 let before = accounts::get(tx, &id)?;
                 let account = accounts::set_leverage(tx, &id, req.leverage)?;
                 let details = json!({ "from": before.leverage, "to": account.leverage });
-                audit::append(tx, &entry.details(details))?;
+                audit::append(tx, &entry.clone().details(details))?;
                 Ok(account)
             })
             .await?)

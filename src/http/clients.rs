@@ -152,7 +152,7 @@ async fn add_note(state: AppState, session: Session, raw_id: String, body: Body)
         .write(move |tx| {
             let client = clients::get(tx, &id.to_string())?;
             let note = notes::insert(tx, &client.id, &comment, &actor)?;
-            let entry = entry.detail("noteId", note.id.clone());
+            let entry = entry.clone().detail("noteId", note.id.clone());
             audit::append(tx, &entry)?;
             Ok(note)
         })
@@ -186,7 +186,7 @@ async fn change_kyc(state: AppState, session: Session, raw_id: String, body: Bod
             let before = clients::get(tx, &id)?;
             let client = clients::set_kyc(tx, &id, req.kyc_status, notes.as_deref())?;
             let details = json!({ "from": before.kyc_status, "to": client.kyc_status, "notes": notes });
-            audit::append(tx, &entry.details(details))?;
+            audit::append(tx, &entry.clone().details(details))?;
             Ok(client)
         })
         .await?;
@@ -224,11 +224,11 @@ async fn open_subaccount(
             .write(move |tx| {
                 clients::get(tx, &id)?;
                 let parent = accounts::primary_for_client(tx, &id)?;
-                let currency = currency.unwrap_or_else(|| parent.currency.clone());
+                let currency = currency.clone().unwrap_or_else(|| parent.currency.clone());
                 let leverage = req.leverage.map_or_else(|| Leverage::new(parent.leverage.into()), Ok)?;
                 let account = accounts::insert(tx, &id, Some(&parent.id), &currency, leverage)?;
                 let details = json!({ "accountId": account.id, "parentId": parent.id, "currency": currency, "leverage": leverage });
-                audit::append(tx, &entry.details(details))?;
+                audit::append(tx, &entry.clone().details(details))?;
                 Ok(account)
             })
             .await?)

@@ -65,13 +65,14 @@ async fn start_session(
             let row = SsoSession {
                 id: new_uuid().to_string(),
                 client_id: client.id.clone(),
-                staff_id,
-                staff_email,
+                staff_id: staff_id.clone(),
+                staff_email: staff_email.clone(),
                 issued_at: now(),
                 expires_at: rfc3339(claims.exp)?,
             };
             sso::insert(tx, &row)?;
             let entry = entry
+                .clone()
                 .detail("clientEmail", client.email.clone())
                 .detail("sessionId", row.id.clone())
                 .detail("expiresAt", row.expires_at.clone());

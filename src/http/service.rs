@@ -299,7 +299,7 @@ impl Call {
     /// also records the call. On failure nothing `f` wrote is kept and the failure is recorded.
     async fn run<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&rusqlite::Transaction, &Caller) -> StoreResult<(String, T)> + Send + 'static,
+        f: impl Fn(&rusqlite::Transaction, &Caller) -> StoreResult<(String, T)> + Send + 'static,
     ) -> Result<T, ApiError> {
         let (caller, action, email) = (self.caller.clone(), self.action.clone(), self.email.clone());
         let result = self
@@ -309,7 +309,7 @@ impl Call {
                 let (client_id, value) = f(tx, &caller)?;
                 let entry = caller
                     .audit(&action, audit::target("client", &client_id))
-                    .detail("email", email);
+                    .detail("email", email.clone());
                 audit::append(tx, &entry)?;
                 Ok(value)
             })

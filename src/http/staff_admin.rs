@@ -119,7 +119,7 @@ async fn update(state: AppState, session: Session, raw_id: String, body: Body) -
         let entry = entry.clone();
         Ok(state
             .db
-            .write(move |tx| apply_change(tx, &me, &id, &req, entry))
+            .write(move |tx| apply_change(tx, &me, &id, &req, entry.clone()))
             .await?)
     }
     .await;

@@ -102,7 +102,7 @@ pub fn now() -> String {
 pub struct Db {
     readers: r2d2::Pool<SqliteConnectionManager>,
     writer: Arc<Mutex<Connection>>,
-    jobs: mpsc::Sender<group_commit::Job>,
+    jobs: mpsc::Sender<Box<dyn group_commit::Job>>,
     checkpoint: checkpoint::Nudge,
     wal: Arc<wal_file::WalFile>,
     path: Arc<PathBuf>,
@@ -184,11 +184,13 @@ impl Db {
 
     /// Runs `f` inside a `BEGIN IMMEDIATE` transaction on the writer thread, off the async
     /// runtime. Its changes are kept when it returns `Ok` and rolled back otherwise, and this
-    /// returns only once the commit is durable (see [`group_commit`]).
+    /// returns only once the commit is durable (see [`group_commit`]). `f` may be run a second
+    /// time after its first run was rolled back, so it is `Fn`: it must not consume what it
+    /// captured.
     pub async fn write<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Transaction) -> StoreResult<T> + Send + 'static,
+        F: Fn(&Transaction) -> StoreResult<T> + Send + 'static,
     {
         let stopped = || StoreError::Other(anyhow::anyhow!("the database writer has stopped"));
         let (job, result) = group_commit::job(f);

@@ -332,8 +332,10 @@ async fn record_failure(
     let recorded = db
         .write(move |tx| {
             // Best effort: a failure still names its client when the event identifies one.
+            let mut row = row.clone();
             row.client_id = who
-                .and_then(|w| effects::find_client(tx, &w).ok().flatten())
+                .as_ref()
+                .and_then(|w| effects::find_client(tx, w).ok().flatten())
                 .map(|c| c.id);
             let target = target_of(row.client_id.as_deref(), &row.id);
             let ctx = Ctx {
@@ -345,8 +347,8 @@ async fn record_failure(
             let entry = ctx
                 .audit(&action, target)
                 .failed()
-                .detail("transactionId", transaction_id)
-                .detail("failure", details);
+                .detail("transactionId", transaction_id.clone())
+                .detail("failure", details.clone());
             audit::append(tx, &entry)?;
             finish(tx, row, &d)
         })
