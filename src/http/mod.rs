@@ -33,9 +33,20 @@ use warp::Filter;
 use crate::config::{Secrets, Settings};
 use crate::store::Db;
 
-/// Everything a handler may need, cheap to clone.
+/// Everything a handler may need. Clones share it: the routes clone the state for every request
+/// they look at, so a clone is one reference count, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub db: Db,
     pub settings: Arc<Settings>,
     pub secrets: Arc<Secrets>,
@@ -57,7 +68,7 @@ impl AppState {
         let service_unauthorized_notices =
             Arc::new(ratelimit::Notices::per_minute(service::UNAUTHORIZED_AUDITS_PER_MINUTE));
         ratelimit::spawn_sweeper(&service_unauthorized_notices, ratelimit::Notices::retain_recent);
-        AppState {
+        AppState(Arc::new(Shared {
             service_limiter,
             service_unauthorized_notices,
             db,
@@ -65,7 +76,7 @@ impl AppState {
             secrets: Arc::new(secrets),
             metrics: Arc::new(metrics::Metrics::default()),
             login_throttle: Arc::default(),
-        }
+        }))
     }
 }
 
