@@ -277,3 +277,83 @@ pub async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> StoreResult<T> 
         .await
         .map_err(|e| StoreError::Other(anyhow::anyhow!("database task failed: {e}")))?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `IN (...)` list of three values or more in the stored table definitions.
+    fn in_lists(conn: &Connection) -> Vec<String> {
+        let mut stmt = conn
+            .prepare("SELECT sql FROM sqlite_schema WHERE type = 'table'")
+            .unwrap();
+        let tables: Vec<String> = stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+        let mut lists = Vec::new();
+        for sql in tables {
+            for (at, _) in sql.match_indices(" IN (") {
+                let list = &sql[at..at + sql[at..].find(')').unwrap()];
+                if list.matches(',').count() >= 2 {
+                    lists.push(list.to_string());
+                }
+            }
+        }
+        lists
+    }
+
+    #[test]
+    fn v4_rewrites_the_check_lists_of_an_existing_database_and_they_still_refuse_what_they_did() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crm.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            embedded::migrations::runner()
+                .set_target(refinery::Target::Version(3))
+                .run(&mut conn)
+                .unwrap();
+            assert_eq!(in_lists(&conn).len(), 6, "V1 spells six constraints as lists");
+            conn.execute(
+                "INSERT INTO clients (id, email, kyc_status, created_at, updated_at)
+                 VALUES ('c1', 'kept@example.com', 'approved', 'x', 'x')",
+                [],
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        db.write_sync(|tx| {
+            assert_eq!(in_lists(tx), Vec::<String>::new());
+            // The writer compiles the new constraints at once: no temporary index per insert.
+            for table in ["ledger_entries", "webhook_events", "clients", "staff_users"] {
+                let ops: Vec<String> = tx
+                    .prepare(&format!("EXPLAIN INSERT INTO {table} DEFAULT VALUES"))?
+                    .query_map([], |r| r.get(1))?
+                    .collect::<Result<_, _>>()?;
+                assert!(!ops.iter().any(|op| op == "OpenEphemeral"), "{table}");
+            }
+            tx.execute_batch(
+                "INSERT INTO accounts (id, client_id, created_at, updated_at) VALUES ('a1', 'c1', 'x', 'x');
+                 INSERT INTO ledger_entries (id, account_id, fund_type, amount, balance_after, reason, actor, created_at)
+                 VALUES ('l1', 'a1', 'bonus', 1, 1, 'adjustment', 'x', 'x');
+                 INSERT INTO webhook_events (id, received_at, signature, raw_body, body_size, status, http_status)
+                 VALUES ('w1', 'x', 'previous', x'', 0, 'conflict', 409);
+                 INSERT INTO staff_users (id, email, name, role, password_hash, password_changed_at, created_at, updated_at)
+                 VALUES ('s1', 'm@example.com', 'M', 'manager', 'h', 'x', 'x', 'x');
+                 UPDATE clients SET kyc_status = 'in_review' WHERE id = 'c1';",
+            )?;
+            let refused = [
+                "UPDATE clients SET kyc_status = 'maybe'",
+                "UPDATE ledger_entries SET fund_type = 'gold'",
+                "UPDATE ledger_entries SET reason = 'gift'",
+                "UPDATE webhook_events SET signature = 'none'",
+                "UPDATE webhook_events SET status = 'lost'",
+                "UPDATE staff_users SET role = 'owner'",
+            ];
+            for sql in refused {
+                assert!(tx.execute(sql, []).is_err(), "{sql}");
+            }
+            let check: String = tx.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+            assert_eq!(check, "ok");
+            Ok(())
+        })
+        .unwrap();
+    }
+}
