@@ -113,8 +113,9 @@ pub struct Db {
 /// survives power loss (the writer connection then trades it for syncing the WAL itself, see
 /// `wal_file`, with the same guarantee). Store functions prepare their statements through the connection's cache,
 /// so the hot paths parse their SQL once per connection, not once per request. Temporary data
-/// stays in memory: above all the savepoint journal, which group commit fills with a copy of
-/// every page a batched write touches first (as a temp file, that was a quarter of the writer's time).
+/// stays in memory: above all the statement and savepoint journals, which hold a copy of every
+/// page a statement or a re-run batch's write touches first (as a temp file, that was a quarter
+/// of the writer's time).
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.set_prepared_statement_cache_capacity(128);
