@@ -83,8 +83,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         let db = Db::open(&path).unwrap();
-        db.write(|tx| Ok(tx.execute_batch("CREATE TABLE blobs (b BLOB NOT NULL)")?))
-            .await
+        db.write_sync(|tx| Ok(tx.execute_batch("CREATE TABLE blobs (b BLOB NOT NULL)")?))
             .unwrap();
         // 384 MiB in 16 KiB rows, from eight writers at once: far more than the WAL may hold.
         let writers: Vec<_> = (0..8)

@@ -20,7 +20,9 @@ use super::wal_file::WalFile;
 use super::{StoreError, StoreResult};
 
 /// One queued write. The writer may run it a second time, on the same data, after rolling the
-/// first run back (see [`commit_batch`]); so it must not depend on having run before.
+/// first run back (see [`commit_batch`]); so it must not depend on having run before. What it
+/// changes are rows (INSERT, UPDATE, DELETE, which SQLite counts); the schema changes only in
+/// migrations.
 pub trait Job: Send {
     /// Runs the write in the batch's transaction; returns whether it succeeded.
     fn run(&mut self, tx: &Transaction) -> bool;
@@ -101,9 +103,9 @@ pub fn spawn(
 
 /// Runs the batch and commits it, without waiting for the disk.
 ///
-/// A savepoint around every write would cost the writer about a sixth of its time (each page a
-/// write touches first is copied into the savepoint journal), and nearly every write succeeds.
-/// So the batch first runs without them. A write that fails having changed no row (a refusal
+/// A savepoint around every write is costly (SQLite copies each page a write touches first into
+/// the savepoint journal, and then keeps a statement journal for every statement too), and nearly
+/// every write succeeds. So the batch first runs without them. A write that fails having changed no row (a refusal
 /// checked before writing, or a statement SQLite aborted and undid by itself, such as a UNIQUE
 /// violation) leaves the transaction exactly as it found it. Only a write that fails after
 /// changing rows spoils that pass: then the whole transaction is rolled back and the batch runs
