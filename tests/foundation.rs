@@ -184,6 +184,67 @@ async fn sigterm_stops_the_server_cleanly_and_leaves_everything_in_the_database_
     assert_eq!(n, 1, "a client registered before the stop is in crm.db itself");
 }
 
+/// Counts the rows `sql` finds in a copy of the database file alone, without its WAL: what an
+/// operator's cold backup would hold.
+fn count_in_cold_copy(db: &std::path::Path, sql: &str) -> i64 {
+    let copy = db.with_file_name("cold-copy.db");
+    std::fs::copy(db, &copy).unwrap();
+    let conn = rusqlite::Connection::open(&copy).unwrap();
+    let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(check, "ok");
+    let n = conn.query_row(sql, [], |r| r.get(0)).unwrap();
+    drop(conn);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", copy.display()));
+    }
+    n
+}
+
+#[test]
+fn a_cli_command_leaves_its_writes_in_the_database_file_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = crm_command(dir.path())
+        .args([
+            "user",
+            "add",
+            "--email",
+            "cold@broker.example",
+            "--name",
+            "Cold",
+            "--role",
+            "agent",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let wal = std::fs::metadata(dir.path().join("crm.db-wal")).map_or(0, |m| m.len());
+    assert_eq!(wal, 0, "the command's connections were closed, and with them the WAL");
+    let sql = "SELECT COUNT(*) FROM staff_users WHERE email = 'cold@broker.example'";
+    assert_eq!(count_in_cold_copy(&dir.path().join("crm.db"), sql), 1);
+}
+
+#[tokio::test]
+async fn a_cli_command_beside_a_running_server_leaves_the_server_its_wal() {
+    let mut app = spawn_app();
+    assert_eq!(app.register("before@example.com").await.0, 200);
+    let out = app.crm(&[
+        "user",
+        "add",
+        "--email",
+        "beside@broker.example",
+        "--name",
+        "B",
+        "--role",
+        "agent",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(app.register("after@example.com").await.0, 200, "the server writes on");
+    assert!(app.terminate().success());
+    let sql = "SELECT (SELECT COUNT(*) FROM clients WHERE email IN ('before@example.com', 'after@example.com'))
+                    + (SELECT COUNT(*) FROM staff_users WHERE email = 'beside@broker.example')";
+    assert_eq!(count_in_cold_copy(&app.db_path(), sql), 3);
+}
+
 #[test]
 fn secrets_generate_prints_four_fresh_hex_secrets() {
     let dir = tempfile::tempdir().unwrap();

@@ -23,11 +23,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Migrate => {
             let settings = Settings::load(&flags)?;
-            Db::open(&settings.database)?;
+            with_db(&settings, |_| Ok(()))?;
             println!("database {} is up to date", settings.database.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::User(cmd) => user::run(&open_db(&flags)?, cmd),
+        Command::User(cmd) => with_db(&Settings::load(&flags)?, |db| user::run(db, cmd)),
         Command::Secrets(SecretsCommand::Generate) => {
             for name in SECRET_NAMES {
                 println!("{name}={}", crate::security::random_secret_hex());
@@ -36,14 +36,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Backup { out } => {
             let settings = Settings::load(&flags)?;
-            let db = Db::open(&settings.database)?;
-            let path = crate::ops::backup::run(&db, out.as_deref(), &settings.backup_dir)?;
+            let path = with_db(&settings, |db| {
+                crate::ops::backup::run(db, out.as_deref(), &settings.backup_dir)
+            })?;
             println!("backup written to {}", path.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { full } => {
             let depth = if full { Depth::Full } else { Depth::Quick };
-            let report = crate::ops::verify::run(&open_db(&flags)?, depth)?;
+            let report = with_db(&Settings::load(&flags)?, |db| crate::ops::verify::run(db, depth))?;
             print!("{report}");
             Ok(if report.ok() {
                 ExitCode::SUCCESS
@@ -53,8 +54,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Doctor => {
             let settings = Settings::load(&flags)?;
-            let db = Db::open(&settings.database)?;
-            let report = crate::ops::doctor::run(&settings, &db)?;
+            let report = with_db(&settings, |db| crate::ops::doctor::run(&settings, db))?;
             print!("{report}");
             Ok(if report.failed() {
                 ExitCode::FAILURE
@@ -65,6 +65,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn open_db(flags: &Overrides) -> anyhow::Result<Db> {
-    Db::open(&Settings::load(flags)?.database)
+/// Opens the database, runs `command` on it and closes it (see [`Db::close`]): with no server
+/// running, the command's writes are then in `crm.db` itself, not left in its WAL.
+fn with_db<T>(settings: &Settings, command: impl FnOnce(&Db) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let db = Db::open(&settings.database)?;
+    let outcome = command(&db);
+    let closed = db.close();
+    let value = outcome?;
+    closed?;
+    Ok(value)
 }

@@ -14,6 +14,7 @@
 use std::path::Path;
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -41,11 +42,11 @@ impl Nudge {
 }
 
 /// Starts the thread on its own connection to `path`. It ends when every [`Nudge`] is gone.
-pub fn spawn(path: &Path, writer: Arc<Mutex<Connection>>) -> anyhow::Result<Nudge> {
+pub fn spawn(path: &Path, writer: Arc<Mutex<Connection>>) -> anyhow::Result<(Nudge, JoinHandle<()>)> {
     let conn = Connection::open(path)?;
     super::configure(&conn)?;
     let (nudge, nudged) = mpsc::sync_channel::<()>(1);
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("crm-checkpoint".into())
         .spawn(move || {
             while nudged.recv().is_ok() {
@@ -64,7 +65,7 @@ pub fn spawn(path: &Path, writer: Arc<Mutex<Connection>>) -> anyhow::Result<Nudg
                 std::thread::sleep(INTERVAL);
             }
         })?;
-    Ok(Nudge(nudge))
+    Ok((Nudge(nudge), thread))
 }
 
 /// One passive checkpoint; returns how many frames the WAL holds.

@@ -12,6 +12,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
 
@@ -34,6 +35,9 @@ pub trait Job: Send {
 
 pub type Batch = Vec<Box<dyn Job>>;
 
+/// Where writes are queued for the writer thread.
+pub type Queue = mpsc::Sender<Box<dyn Job>>;
+
 /// Why a batch's writes did not take effect, or may not have.
 #[derive(Debug)]
 pub enum Failure {
@@ -50,14 +54,15 @@ struct Committed {
     outcome: Result<(), rusqlite::Error>,
 }
 
+/// Starts the writer and sync threads; returns the queue and both threads, writer first.
 pub fn spawn(
     conn: Arc<Mutex<Connection>>,
     wal: Arc<WalFile>,
     checkpoint: Nudge,
-) -> std::io::Result<mpsc::Sender<Box<dyn Job>>> {
+) -> std::io::Result<(Queue, [JoinHandle<()>; 2])> {
     let (sender, receiver) = mpsc::channel::<Box<dyn Job>>();
     let (to_sync, committed) = mpsc::channel::<Committed>();
-    std::thread::Builder::new().name("crm-sync".into()).spawn(move || {
+    let sync = std::thread::Builder::new().name("crm-sync".into()).spawn(move || {
         // Ends when the writer thread has ended and everything it committed is reported.
         while let Ok(first) = committed.recv() {
             let mut batches = vec![first];
@@ -76,7 +81,7 @@ pub fn spawn(
             checkpoint.committed();
         }
     })?;
-    std::thread::Builder::new().name("crm-writer".into()).spawn(move || {
+    let writer = std::thread::Builder::new().name("crm-writer".into()).spawn(move || {
         // Ends when every Db handle (and so every sender) is gone.
         while let Ok(first) = receiver.recv() {
             let mut jobs = vec![first];
@@ -98,7 +103,7 @@ pub fn spawn(
             }
         }
     })?;
-    Ok(sender)
+    Ok((sender, [writer, sync]))
 }
 
 /// Runs the batch and commits it, without waiting for the disk.

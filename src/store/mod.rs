@@ -17,7 +17,8 @@ mod wal_file;
 pub mod webhooks;
 
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -102,10 +103,12 @@ pub fn now() -> String {
 pub struct Db {
     readers: r2d2::Pool<SqliteConnectionManager>,
     writer: Arc<Mutex<Connection>>,
-    jobs: mpsc::Sender<Box<dyn group_commit::Job>>,
+    jobs: group_commit::Queue,
     checkpoint: checkpoint::Nudge,
     wal: Arc<wal_file::WalFile>,
     path: Arc<PathBuf>,
+    /// The writer, sync and checkpoint threads, for [`Db::close`].
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 /// Applied to every connection: enforced foreign keys, waiting on locks held by another process
@@ -150,8 +153,9 @@ impl Db {
         let wal = Arc::new(wal_file::WalFile::open(path).context("cannot open the database's WAL file")?);
         writer.pragma_update(None, "journal_size_limit", checkpoint::WAL_SIZE_LIMIT)?;
         let writer = Arc::new(Mutex::new(writer));
-        let checkpoint = checkpoint::spawn(path, writer.clone()).context("cannot start the checkpoint thread")?;
-        let jobs = group_commit::spawn(writer.clone(), wal.clone(), checkpoint.clone())
+        let (checkpoint, checkpointer) =
+            checkpoint::spawn(path, writer.clone()).context("cannot start the checkpoint thread")?;
+        let (jobs, [writer_thread, sync_thread]) = group_commit::spawn(writer.clone(), wal.clone(), checkpoint.clone())
             .context("cannot start the database writer")?;
         Ok(Db {
             readers,
@@ -160,6 +164,7 @@ impl Db {
             checkpoint,
             wal,
             path: Arc::new(path.to_path_buf()),
+            threads: Arc::new(Mutex::new(vec![writer_thread, sync_thread, checkpointer])),
         })
     }
 
@@ -214,6 +219,39 @@ impl Db {
             return Err(StoreError::Unavailable);
         }
         Ok(())
+    }
+
+    /// Ends the writer's threads and closes every connection, for a command that is done with the
+    /// database. When these were the last connections to it (no server running), SQLite copies
+    /// the WAL into the database file and deletes it, so `crm.db` alone is the whole database
+    /// again; with a server running, the WAL stays the server's. Without this a command's writes
+    /// could stay in the WAL, and a copy of `crm.db` alone could even be caught mid-checkpoint.
+    /// Call it on the last handle: the threads end only when no clone can send them work.
+    pub fn close(self) -> StoreResult<()> {
+        let Db {
+            readers,
+            writer,
+            jobs,
+            checkpoint,
+            wal,
+            path: _,
+            threads,
+        } = self;
+        let threads = Arc::try_unwrap(threads)
+            .map_err(|_| StoreError::Other(anyhow::anyhow!("another handle of the database is still open")))?;
+        drop((readers, jobs, checkpoint, wal));
+        for thread in threads.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()) {
+            thread
+                .join()
+                .map_err(|_| StoreError::Other(anyhow::anyhow!("a database thread panicked")))?;
+        }
+        let writer = Arc::try_unwrap(writer)
+            .map_err(|_| StoreError::Other(anyhow::anyhow!("the writer connection is still in use")))?;
+        writer
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .close()
+            .map_err(|(_, e)| e.into())
     }
 
     /// A write of its own (no batching), for the command line and start-up.
