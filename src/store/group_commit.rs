@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 
 use super::checkpoint::Nudge;
 use super::wal_file::WalFile;
@@ -231,10 +231,8 @@ where
 
 pub(super) fn failure_error(failure: &Failure) -> StoreError {
     match failure {
-        Failure::Commit(e) => match e.sqlite_error_code() {
-            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::DiskFull) => StoreError::Unavailable,
-            _ => StoreError::Other(anyhow::anyhow!("commit failed: {e}")),
-        },
+        Failure::Commit(e) if super::is_unavailable(e) => StoreError::Unavailable,
+        Failure::Commit(e) => StoreError::Other(anyhow::anyhow!("commit failed: {e}")),
         Failure::Sync(e) => StoreError::Other(anyhow::anyhow!("the commit could not be made durable: {e}")),
     }
 }

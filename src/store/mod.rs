@@ -57,11 +57,20 @@ pub enum StoreError {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        match e.sqlite_error_code() {
-            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::DiskFull) => StoreError::Unavailable,
-            _ => StoreError::Sqlite(e),
+        if is_unavailable(&e) {
+            StoreError::Unavailable
+        } else {
+            StoreError::Sqlite(e)
         }
     }
+}
+
+/// A locked or full database: nothing was written, and trying again later may succeed.
+fn is_unavailable(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::DiskFull)
+    )
 }
 
 impl From<Invalid> for StoreError {
