@@ -194,7 +194,7 @@ fn a_backup_is_taken_before_migrating_an_existing_database() {
     let latest: i64 = conn
         .query_row("SELECT MAX(version) FROM refinery_schema_history", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(latest, 4, "update this test when a migration is added");
+    assert_eq!(latest, 5, "update this test when a migration is added");
     conn.execute(
         "INSERT INTO clients (id, email, first_name, last_name, created_at, updated_at)
          VALUES ('c1', 'early.bird@example.com', 'Early', 'Bird', '2025-01-01T00:00:00.000Z', '2025-01-01T00:00:00.000Z')",
@@ -204,7 +204,11 @@ fn a_backup_is_taken_before_migrating_an_existing_database() {
     conn.execute_batch(
         "DELETE FROM refinery_schema_history WHERE version >= 3;
          DROP TRIGGER clients_search_insert; DROP TRIGGER clients_search_update; DROP TRIGGER clients_search_delete;
-         DROP TABLE clients_search; DROP VIEW clients_search_source;",
+         DROP TABLE clients_search; DROP VIEW clients_search_source;
+         DROP TABLE webhook_claims;
+         CREATE TABLE processed_webhooks (dedupe_key TEXT PRIMARY KEY, transaction_id TEXT UNIQUE,
+             content_hash TEXT NOT NULL, event_id TEXT NOT NULL REFERENCES webhook_events (id),
+             processed_at TEXT NOT NULL);",
     )
     .unwrap();
     drop(conn);

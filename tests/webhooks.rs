@@ -395,20 +395,38 @@ async fn a_deposit_credits_real_funds_with_a_ledger_entry_and_audit() {
         .unwrap();
     assert_eq!((amount, reason.as_str()), (atoms("100.50"), "deposit"));
     assert_eq!((actor.as_str(), external.as_str()), ("platform:webhook", "TX-1"));
-    assert_eq!(
-        count(
-            &app,
-            "SELECT COUNT(*) FROM audit_log WHERE action = 'account.deposit' AND actor = 'platform:webhook'"
-        ),
-        2
-    );
-    assert_eq!(
-        count(
-            &app,
-            "SELECT COUNT(*) FROM audit_log WHERE action = 'webhook.deposit.completed' AND target LIKE 'client:%'"
-        ),
-        2
-    );
+    // One entry per deposit, the balance change, naming the webhook attempt it came from.
+    let entries: Vec<(String, String, String)> = {
+        let conn = app.sqlite();
+        let mut stmt = conn
+            .prepare(
+                "SELECT action, target, details FROM audit_log
+                 WHERE action LIKE 'account.%' OR action LIKE 'webhook.deposit%' ORDER BY seq",
+            )
+            .unwrap();
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
+        rows.map(Result::unwrap).collect()
+    };
+    let attempts: Vec<String> = {
+        let conn = app.sqlite();
+        let mut stmt = conn
+            .prepare("SELECT id FROM webhook_events WHERE event = 'deposit.completed' ORDER BY seq")
+            .unwrap();
+        let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+        rows.map(Result::unwrap).collect()
+    };
+    let account = app.account_id("d@example.com");
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    for ((action, target, details), (attempt, tx)) in entries.iter().zip(attempts.iter().zip(["TX-1", "7"])) {
+        assert_eq!(
+            (action.as_str(), target),
+            ("account.deposit", &format!("account:{account}"))
+        );
+        let details: Value = serde_json::from_str(details).unwrap();
+        assert_eq!(details["attemptId"], json!(attempt), "{details}");
+        assert_eq!(details["transactionId"], json!(tx), "{details}");
+        assert_eq!(details["timestamp"], json!("2025-10-13T19:00:00Z"), "{details}");
+    }
     let verify = app.crm(&["verify"]);
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
 }
@@ -505,10 +523,7 @@ async fn bad_deposits_are_refused_and_change_nothing() {
     }
     assert_eq!(count(&app, "SELECT COUNT(*) FROM ledger_entries"), 0);
     assert_eq!(
-        count(
-            &app,
-            "SELECT COUNT(*) FROM processed_webhooks WHERE transaction_id IS NOT NULL"
-        ),
+        count(&app, "SELECT COUNT(*) FROM webhook_claims WHERE claim LIKE 'tx:%'"),
         0
     );
     assert_eq!(balances(&app, "d@example.com").0, "0.00");
@@ -863,6 +878,67 @@ async fn a_transaction_id_reused_with_other_content_is_a_conflict_and_changes_no
     assert_eq!(status, 409, "a withdrawal cannot reuse a deposit's transaction id");
     assert_eq!(balances(&app, "d@example.com").0, "100.00");
     assert_eq!(last_attempt(&app)["status"], "conflict");
+}
+
+#[tokio::test]
+async fn a_deposit_with_an_event_id_claims_both_its_event_id_and_its_transaction_id() {
+    let app = spawn_app();
+    app.register("d@example.com").await;
+    let with_id = |id: &str, amount: &str, tx: &str| {
+        json!({ "id": id, "event": "deposit.completed", "timestamp": "2025-10-13T19:00:00Z",
+                "data": { "email": "d@example.com", "amount": amount, "transactionId": tx } })
+    };
+    assert_eq!(
+        app.post_webhook(&with_id("evt-1", "100", "TX-1")).await,
+        (200, json!({ "status": "processed" }))
+    );
+    let claims: Vec<String> = {
+        let conn = app.sqlite();
+        let mut stmt = conn
+            .prepare("SELECT claim FROM webhook_claims WHERE claim NOT LIKE 'body:%' ORDER BY claim")
+            .unwrap();
+        let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+        rows.map(Result::unwrap).collect()
+    };
+    assert_eq!(claims, ["id:evt-1", "tx:TX-1"]);
+    let cases = [
+        (
+            app.deposit("d@example.com", "100", "TX-1").await,
+            200,
+            "the same deposit without its event id",
+        ),
+        (
+            app.post_webhook(&with_id("evt-2", "100", "TX-1")).await,
+            200,
+            "the same deposit under another event id",
+        ),
+        (
+            app.post_webhook(&with_id("evt-3", "5", "TX-1")).await,
+            409,
+            "another amount under the same transaction id",
+        ),
+        (
+            app.post_webhook(&with_id("evt-1", "5", "TX-2")).await,
+            409,
+            "another deposit under the same event id",
+        ),
+    ];
+    for ((status, body), expected, why) in cases {
+        assert_eq!(status, expected, "{why}: {body}");
+    }
+    assert_eq!(balances(&app, "d@example.com").0, "100.00");
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM ledger_entries"), 1);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM webhook_claims WHERE claim NOT LIKE 'body:%'"
+        ),
+        2
+    );
+    assert_eq!(
+        statuses(&app)[1..],
+        ["processed", "duplicate", "duplicate", "conflict", "conflict"].map(String::from)
+    );
 }
 
 #[tokio::test]

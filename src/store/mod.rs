@@ -349,6 +349,59 @@ mod tests {
     }
 
     #[test]
+    fn v5_keeps_every_key_a_processed_webhook_claimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crm.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            embedded::migrations::runner()
+                .set_target(refinery::Target::Version(4))
+                .run(&mut conn)
+                .unwrap();
+            conn.execute_batch(
+                "INSERT INTO webhook_events (id, received_at, signature, raw_body, body_size, status, http_status)
+                 VALUES ('e1', 'x', 'current', x'', 0, 'processed', 200), ('e2', 'x', 'current', x'', 0, 'processed', 200),
+                        ('e3', 'x', 'current', x'', 0, 'processed', 200);
+                 INSERT INTO processed_webhooks (dedupe_key, transaction_id, content_hash, event_id, processed_at)
+                 VALUES ('tx:T1', 'T1', 'h1', 'e1', 'at1'), ('id:E2', 'T2', 'h2', 'e2', 'at2'),
+                        ('body:abc', NULL, 'h3', 'e3', 'at3');",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        db.write_sync(|tx| {
+            let claims: Vec<(String, String, String, String)> = tx
+                .prepare("SELECT claim, content_hash, event_id, processed_at FROM webhook_claims ORDER BY claim")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<Result<_, _>>()?;
+            let expected = [
+                ("body:abc", "h3", "e3", "at3"),
+                ("id:E2", "h2", "e2", "at2"),
+                ("tx:T1", "h1", "e1", "at1"),
+                ("tx:T2", "h2", "e2", "at2"),
+            ];
+            let expected: Vec<_> = expected
+                .iter()
+                .map(|(a, b, c, d)| (a.to_string(), b.to_string(), c.to_string(), d.to_string()))
+                .collect();
+            assert_eq!(claims, expected);
+            let old: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM sqlite_schema WHERE name = 'processed_webhooks'",
+                [],
+                |r| r.get(0),
+            )?;
+            assert_eq!(old, 0);
+            assert!(
+                tx.execute("INSERT INTO webhook_claims VALUES ('tx:T2', 'h9', 'e3', 'x')", [])
+                    .is_err(),
+                "a transaction claimed under an event id cannot be claimed again"
+            );
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    #[test]
     fn v4_rewrites_the_check_lists_of_an_existing_database_and_they_still_refuse_what_they_did() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("crm.db");

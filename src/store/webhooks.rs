@@ -1,5 +1,5 @@
 //! Webhook attempts (`webhook_events`: every delivery, rejected ones too) and the exactly-once
-//! guard (`processed_webhooks`: one row per webhook whose effect is on the books).
+//! guard (`webhook_claims`: one row per key of a webhook whose effect is on the books).
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
@@ -173,55 +173,52 @@ pub fn prune_unverified(conn: &Connection, keep: i64) -> StoreResult<usize> {
         .execute(params![UNVERIFIED, keep - 1])?)
 }
 
-/// The row that put an earlier delivery of the same webhook on the books.
+/// The claim of an earlier delivery that put the same webhook on the books.
 #[derive(Debug, Clone)]
 pub struct Processed {
-    pub dedupe_key: String,
-    pub transaction_id: Option<String>,
+    /// The key both deliveries claim: `id:<event id>`, `tx:<transactionId>` or `body:<sha256>`.
+    pub claim: String,
     pub content_hash: String,
     pub event_id: String,
     pub client_id: Option<String>,
 }
 
-/// The processed webhook with this deduplication key or, for money events, this transaction id.
-pub fn find_processed(
-    conn: &Connection,
-    dedupe_key: &str,
-    transaction_id: Option<&str>,
-) -> StoreResult<Option<Processed>> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT p.dedupe_key, p.transaction_id, p.content_hash, p.event_id, e.client_id
-             FROM processed_webhooks p JOIN webhook_events e ON e.id = p.event_id
-             WHERE p.dedupe_key = ?1 OR (?2 IS NOT NULL AND p.transaction_id = ?2)
-             LIMIT 1",
-        )?
-        .query_row(params![dedupe_key, transaction_id], |r| {
-            Ok(Processed {
-                dedupe_key: r.get(0)?,
-                transaction_id: r.get(1)?,
-                content_hash: r.get(2)?,
-                event_id: r.get(3)?,
-                client_id: r.get(4)?,
+/// The earlier claim of any of these keys, checked in order: one primary-key probe each.
+pub fn find_processed(conn: &Connection, claims: &[String]) -> StoreResult<Option<Processed>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT c.claim, c.content_hash, c.event_id, e.client_id
+         FROM webhook_claims c JOIN webhook_events e ON e.id = c.event_id
+         WHERE c.claim = ?1",
+    )?;
+    for claim in claims {
+        let found = stmt
+            .query_row([claim], |r| {
+                Ok(Processed {
+                    claim: r.get(0)?,
+                    content_hash: r.get(1)?,
+                    event_id: r.get(2)?,
+                    client_id: r.get(3)?,
+                })
             })
-        })
-        .optional()?)
+            .optional()?;
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    Ok(None)
 }
 
-/// Puts a webhook on the books. Call it in the transaction that applies its effect, after
-/// [`find_processed`] found nothing: the primary key makes a second claim fail, never succeed.
-pub fn mark_processed(
-    conn: &Connection,
-    dedupe_key: &str,
-    transaction_id: Option<&str>,
-    content_hash: &str,
-    event_id: &str,
-) -> StoreResult<()> {
-    conn.prepare_cached(
-        "INSERT INTO processed_webhooks (dedupe_key, transaction_id, content_hash, event_id, processed_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![dedupe_key, transaction_id, content_hash, event_id, now()])?;
+/// Puts a webhook on the books under each of its keys. Call it in the transaction that applies
+/// its effect, after [`find_processed`] found none of them: the primary key makes a second claim
+/// of a key fail, never succeed.
+pub fn mark_processed(conn: &Connection, claims: &[String], content_hash: &str, event_id: &str) -> StoreResult<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO webhook_claims (claim, content_hash, event_id, processed_at) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    let at = now();
+    for claim in claims {
+        stmt.execute(params![claim, content_hash, event_id, at])?;
+    }
     Ok(())
 }
 

@@ -456,7 +456,7 @@ impl TestApp {
             ("ledger_entries", "seq"),
             ("notes", "id"),
             ("staff_users", "id"),
-            ("processed_webhooks", "dedupe_key"),
+            ("webhook_claims", "claim"),
             ("sso_sessions", "id"),
         ];
         let conn = self.sqlite();

@@ -20,6 +20,9 @@ pub struct Ctx<'a> {
     pub secret: &'a str,
     /// The staff member re-running a stored attempt, if this is a re-run.
     pub rerun_by: Option<&'a str>,
+    /// The event's own `id` and `timestamp`, once it could be read.
+    pub event_id: Option<&'a str>,
+    pub timestamp: Option<&'a str>,
 }
 
 impl Ctx<'_> {
@@ -28,6 +31,10 @@ impl Ctx<'_> {
             .ip(self.ip)
             .detail("attemptId", self.attempt_id)
             .detail("secret", self.secret);
+        let audit = match self.timestamp {
+            Some(at) => audit.detail("eventId", self.event_id).detail("timestamp", at),
+            None => audit,
+        };
         match self.rerun_by {
             Some(by) => audit.detail("reprocessedBy", by),
             None => audit,

@@ -81,6 +81,11 @@ impl Action {
         }
     }
 
+    /// A deposit or withdrawal: its one effect is a balance change, audited as such.
+    pub fn moves_money(&self) -> bool {
+        self.transaction_id().is_some()
+    }
+
     pub fn client(&self) -> ClientRef {
         match self {
             Action::Register(r) => ClientRef {

@@ -65,6 +65,10 @@ struct Keys {
     /// `id:<event id>`, else `tx:<transactionId>` for money events, else `body:<sha256 of body>`.
     dedupe: String,
     transaction_id: Option<String>,
+    /// What the event claims once processed: its deduplication key and, for a money event that
+    /// also has an event id, `tx:<transactionId>`, so a transaction is on the books once whatever
+    /// event id it comes with.
+    claims: Vec<String>,
     /// SHA-256 of the event name and `data` (keys sorted): a retry with a new timestamp or id
     /// has the same content; a reused transaction id with other data does not.
     content: String,
@@ -73,15 +77,19 @@ struct Keys {
 impl Keys {
     fn of(event: &Event, raw: &[u8]) -> Keys {
         let transaction_id = event.action.transaction_id().map(str::to_string);
-        let dedupe = match (&event.id, &transaction_id) {
+        let by_transaction = transaction_id.as_ref().map(|tx| format!("tx:{tx}"));
+        let dedupe = match (&event.id, &by_transaction) {
             (Some(id), _) => format!("id:{id}"),
-            (None, Some(tx)) => format!("tx:{tx}"),
+            (None, Some(tx)) => tx.clone(),
             (None, None) => format!("body:{}", sha256_hex(raw)),
         };
+        let mut claims = vec![dedupe.clone()];
+        claims.extend(by_transaction.filter(|tx| *tx != dedupe));
         let content = sha256_hex(content_of(event).as_bytes());
         Keys {
             dedupe,
             transaction_id,
+            claims,
             content,
         }
     }
@@ -150,16 +158,18 @@ fn apply(tx: &Connection, d: &Delivery, event: &Event, keys: &Keys, attempt_id: 
         ip: &d.ip,
         secret: d.secret,
         rerun_by: d.rerun.as_ref().map(|r| r.by.as_str()),
+        event_id: event.id.as_deref(),
+        timestamp: Some(&event.timestamp),
     };
     let action = format!("{}{}", actions::WEBHOOK_PREFIX, event.name.as_str());
     let mut row = attempt_row(d, attempt_id, event.name.as_str(), Some(&keys.dedupe));
-    if let Some(prior) = webhooks::find_processed(tx, &keys.dedupe, keys.transaction_id.as_deref())? {
+    if let Some(prior) = webhooks::find_processed(tx, &keys.claims)? {
         if prior.content_hash != keys.content {
             return Err(StoreError::Conflict(match &keys.transaction_id {
-                Some(t) if prior.transaction_id.as_ref() == Some(t) => {
+                Some(t) if prior.claim == format!("tx:{t}") => {
                     format!("transactionId {t} was already used by a different event")
                 }
-                _ => format!("Event {} was already received with different content", prior.dedupe_key),
+                _ => format!("Event {} was already received with different content", prior.claim),
             }));
         }
         row.status = Status::Duplicate;
@@ -178,20 +188,15 @@ fn apply(tx: &Connection, d: &Delivery, event: &Event, keys: &Keys, attempt_id: 
     row.status = Status::Processed;
     row.client_id = Some(client_id.clone());
     finish(tx, row, d)?;
-    webhooks::mark_processed(
-        tx,
-        &keys.dedupe,
-        keys.transaction_id.as_deref(),
-        &keys.content,
-        attempt_id,
-    )?;
+    webhooks::mark_processed(tx, &keys.claims, &keys.content, attempt_id)?;
+    if event.action.moves_money() {
+        // Its balance change's entry (`account.deposit` / `account.withdrawal`) is its record.
+        return Ok(Applied::Processed);
+    }
     audit::append(
         tx,
         &ctx.audit(&action, audit::target("client", &client_id))
-            .detail("result", "processed")
-            .detail("eventId", event.id.clone())
-            .detail("transactionId", keys.transaction_id.clone())
-            .detail("timestamp", event.timestamp.clone()),
+            .detail("result", "processed"),
     )?;
     Ok(Applied::Processed)
 }
@@ -343,6 +348,8 @@ async fn record_failure(
                 ip: &d.ip,
                 secret: d.secret,
                 rerun_by: d.rerun.as_ref().map(|r| r.by.as_str()),
+                event_id: parsed.as_ref().and_then(|(event, _)| event.id.as_deref()),
+                timestamp: parsed.as_ref().map(|(event, _)| event.timestamp.as_str()),
             };
             let entry = ctx
                 .audit(&action, target)
