@@ -123,7 +123,7 @@ async fn get_client(
     let call = Call::new(state, caller?, "get_client", &raw_email);
     let email = call.check(path_email(&raw_email)).await?;
     let client = call
-        .run(move |tx, _| {
+        .read(move |tx, _| {
             let client = clients::by_email(tx, &email)?;
             Ok((client.id.clone(), client))
         })
@@ -139,7 +139,7 @@ async fn get_accounts(
     let call = Call::new(state, caller?, "get_accounts", &raw_email);
     let email = call.check(path_email(&raw_email)).await?;
     let view = call
-        .run(move |tx, _| {
+        .read(move |tx, _| {
             let client = clients::by_email(tx, &email)?;
             let primary = accounts::primary_for_client(tx, &client.id)?;
             let subaccounts = accounts::subaccounts_for_client(tx, &client.id)?;
@@ -252,7 +252,7 @@ async fn get_activity(
         .check(path_email(&raw_email).and_then(|e| Ok((e, PageRequest::parse(&query)?))))
         .await?;
     let timeline = call
-        .run(move |tx, _| {
+        .read(move |tx, _| {
             let client = clients::by_email(tx, &email)?;
             let timeline = activity::timeline(tx, &client.id, page.before.as_ref(), page.limit)?;
             Ok((client.id, timeline))
@@ -297,23 +297,43 @@ impl Call {
 
     /// Runs `f` (which returns the client's id and the answer) in one write transaction that
     /// also records the call. On failure nothing `f` wrote is kept and the failure is recorded.
+    /// Answers once the change and its record are durable.
     async fn run<T: Send + 'static>(
         &self,
         f: impl Fn(&rusqlite::Transaction, &Caller) -> StoreResult<(String, T)> + Send + 'static,
     ) -> Result<T, ApiError> {
+        self.audited(f, false).await
+    }
+
+    /// [`Call::run`] for a read: answers once its record is committed, without waiting for the
+    /// WAL sync that follows (see `Db::write_for_read`).
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl Fn(&rusqlite::Transaction, &Caller) -> StoreResult<(String, T)> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        self.audited(f, true).await
+    }
+
+    async fn audited<T: Send + 'static>(
+        &self,
+        f: impl Fn(&rusqlite::Transaction, &Caller) -> StoreResult<(String, T)> + Send + 'static,
+        read_only: bool,
+    ) -> Result<T, ApiError> {
         let (caller, action, email) = (self.caller.clone(), self.action.clone(), self.email.clone());
-        let result = self
-            .state
-            .db
-            .write(move |tx| {
-                let (client_id, value) = f(tx, &caller)?;
-                let entry = caller
-                    .audit(&action, audit::target("client", &client_id))
-                    .detail("email", email.clone());
-                audit::append(tx, &entry)?;
-                Ok(value)
-            })
-            .await;
+        let write = move |tx: &rusqlite::Transaction| {
+            let (client_id, value) = f(tx, &caller)?;
+            let entry = caller
+                .audit(&action, audit::target("client", &client_id))
+                .detail("email", email.clone());
+            audit::append(tx, &entry)?;
+            Ok(value)
+        };
+        let db = &self.state.db;
+        let result = if read_only {
+            db.write_for_read(write).await
+        } else {
+            db.write(write).await
+        };
         match result {
             Ok(value) => Ok(value),
             Err(e) => Err(self.failed(e.into()).await),

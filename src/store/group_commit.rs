@@ -8,6 +8,11 @@
 //! failing write leaves nothing behind and does not touch the others, and its caller hears back
 //! only after the batch's commit is durable — or gets an error if the commit failed. How a
 //! failing write is kept out without a savepoint around every write: see [`commit_batch`].
+//!
+//! The one exception is a write queued with [`Ack::Committed`] (the audit entry of a read): its
+//! caller hears back as soon as the batch has committed, and the sync that follows makes it
+//! durable. Committed, it survives the CRM crashing or being killed (the WAL is written); only a
+//! power cut in the millisecond or so before that sync can lose it. A change never uses it.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
@@ -29,8 +34,18 @@ pub trait Job: Send {
     fn run(&mut self, tx: &Transaction) -> bool;
     /// Records that the write did not run (or its run was undone), and why.
     fn refuse(&mut self, error: StoreError);
-    /// Reports the write's result, now that the batch's commit is durable (`None`) or failed.
+    /// Reports the write's result, now that the batch's commit is durable (`None`) or failed;
+    /// or, for [`Ack::Committed`], as soon as it committed.
     fn settle(self: Box<Self>, failure: Option<&Failure>);
+    /// When the caller hears back.
+    fn ack(&self) -> Ack;
+}
+
+/// When a write's caller hears back: once its commit is durable, or once it is committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    Synced,
+    Committed,
 }
 
 pub type Batch = Vec<Box<dyn Job>>;
@@ -95,6 +110,9 @@ pub fn spawn(
                 let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 commit_batch(&mut conn, &mut jobs)
             };
+            // Even with no job left waiting, the batch goes to the sync thread: it makes the
+            // answered writes durable too.
+            let jobs = answer_committed(jobs, &outcome);
             if let Err(mpsc::SendError(orphan)) = to_sync.send(Committed { jobs, outcome }) {
                 // Only if the sync thread died: never leave a caller without an answer, and never
                 // call a write durable that nobody synced.
@@ -104,6 +122,19 @@ pub fn spawn(
         }
     })?;
     Ok((sender, [writer, sync]))
+}
+
+/// Answers the writes of a committed batch that were queued with [`Ack::Committed`]; returns
+/// the others, which wait for the sync (all of them if the commit failed).
+fn answer_committed(jobs: Batch, outcome: &rusqlite::Result<()>) -> Batch {
+    if outcome.is_err() {
+        return jobs;
+    }
+    let (answered, waiting): (Batch, Batch) = jobs.into_iter().partition(|job| job.ack() == Ack::Committed);
+    for job in answered {
+        job.settle(None);
+    }
+    waiting
 }
 
 /// Runs the batch and commits it, without waiting for the disk.
@@ -181,11 +212,12 @@ fn settle(batch: Committed, sync_failure: Option<&Failure>) {
     }
 }
 
-/// A write closure, its latest result, and where the result goes.
+/// A write closure, its latest result, and where and when the result goes.
 struct Write<T, F> {
     write: F,
     result: StoreResult<T>,
     reply: tokio::sync::oneshot::Sender<StoreResult<T>>,
+    ack: Ack,
 }
 
 impl<T, F> Job for Write<T, F>
@@ -212,10 +244,14 @@ where
         // The caller may have gone away (client disconnected); the write stands either way.
         let _ = self.reply.send(outcome);
     }
+
+    fn ack(&self) -> Ack {
+        self.ack
+    }
 }
 
 /// Wraps a write closure into a [`Job`] and a receiver for its result.
-pub fn job<T, F>(write: F) -> (Box<dyn Job>, tokio::sync::oneshot::Receiver<StoreResult<T>>)
+pub fn job<T, F>(write: F, ack: Ack) -> (Box<dyn Job>, tokio::sync::oneshot::Receiver<StoreResult<T>>)
 where
     T: Send + 'static,
     F: Fn(&Transaction) -> StoreResult<T> + Send + 'static,
@@ -225,6 +261,7 @@ where
         write,
         result: Err(StoreError::Unavailable),
         reply,
+        ack,
     };
     (Box::new(job), receiver)
 }
@@ -243,6 +280,14 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::sync::oneshot::Receiver;
+
+    fn job<T, F>(write: F) -> (Box<dyn Job>, Receiver<StoreResult<T>>)
+    where
+        T: Send + 'static,
+        F: Fn(&Transaction) -> StoreResult<T> + Send + 'static,
+    {
+        super::job(write, Ack::Synced)
+    }
 
     fn scratch_db() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
@@ -416,6 +461,52 @@ mod tests {
             .read_sync(|c| Ok(c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?))
             .unwrap();
         assert_eq!(rows, 0, "nothing of the abandoned batch was committed");
+    }
+
+    #[test]
+    fn a_write_for_a_read_is_answered_at_commit_and_a_change_only_after_the_sync() {
+        let (_dir, db) = scratch_db();
+        let (change, mut change_result) = job(|tx| Ok(tx.execute("INSERT INTO t (n) VALUES (1)", [])?));
+        let (read_audit, mut read_result) =
+            super::job(|tx| Ok(tx.execute("INSERT INTO t (n) VALUES (2)", [])?), Ack::Committed);
+        let (failed_audit, mut failed_result) = super::job(
+            |tx| -> StoreResult<usize> {
+                tx.execute("INSERT INTO t (n) VALUES (1)", [])?;
+                Ok(0)
+            },
+            Ack::Committed,
+        );
+        let mut conn = db.writer.lock().unwrap();
+        let mut jobs = vec![change, read_audit, failed_audit];
+        let outcome = commit_batch(&mut conn, &mut jobs);
+        drop(conn);
+        let waiting = answer_committed(jobs, &outcome);
+        assert_eq!(read_result.try_recv().unwrap().unwrap(), 1, "answered once committed");
+        assert!(
+            failed_result.try_recv().unwrap().is_err(),
+            "a failed write is answered with its own error"
+        );
+        assert!(change_result.try_recv().is_err(), "a change waits for the sync");
+        assert_eq!(waiting.len(), 1);
+        settle(Committed { jobs: waiting, outcome }, None);
+        assert_eq!(change_result.try_recv().unwrap().unwrap(), 1);
+        assert_eq!(rows(&db), [1, 2]);
+
+        let (late, mut late_result) = super::job(|_tx| Ok(()), Ack::Committed);
+        let failed_commit = Err(rusqlite::Error::ExecuteReturnedResults);
+        let waiting = answer_committed(vec![late], &failed_commit);
+        assert!(
+            late_result.try_recv().is_err(),
+            "nothing is answered of a batch whose commit failed"
+        );
+        settle(
+            Committed {
+                jobs: waiting,
+                outcome: failed_commit,
+            },
+            None,
+        );
+        assert!(late_result.try_recv().unwrap().is_err());
     }
 
     #[test]

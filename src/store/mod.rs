@@ -22,6 +22,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context;
+use group_commit::Ack;
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
 
@@ -207,8 +208,28 @@ impl Db {
         T: Send + 'static,
         F: Fn(&Transaction) -> StoreResult<T> + Send + 'static,
     {
+        self.queue(f, Ack::Synced).await
+    }
+
+    /// Like [`Db::write`], but returns as soon as the commit is done, before the WAL sync that
+    /// makes it durable a moment later: for the audit entry of a read, which must be written
+    /// before the answer goes out but may, unlike a change, be lost to a power cut in the
+    /// following millisecond or so (see [`group_commit`]).
+    pub async fn write_for_read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: Fn(&Transaction) -> StoreResult<T> + Send + 'static,
+    {
+        self.queue(f, Ack::Committed).await
+    }
+
+    async fn queue<T, F>(&self, f: F, ack: Ack) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: Fn(&Transaction) -> StoreResult<T> + Send + 'static,
+    {
         let stopped = || StoreError::Other(anyhow::anyhow!("the database writer has stopped"));
-        let (job, result) = group_commit::job(f);
+        let (job, result) = group_commit::job(f, ack);
         self.jobs.send(job).map_err(|_| stopped())?;
         result.await.map_err(|_| stopped())?
     }
