@@ -115,6 +115,7 @@ fn main() -> anyhow::Result<()> {
         let (_, lookups) = drive(
             conns,
             Limit::Count(emails.len() as u64),
+            None,
             move |n| {
                 let path = format!("/api/service/clients/{}", encode_segment(&e[n as usize]));
                 Some((n, request("GET", &a, &path, &auth, b"")))

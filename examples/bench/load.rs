@@ -1,5 +1,6 @@
 //! Driving a phase of load: many keep-alive connections, each sending its next request as soon
-//! as the previous answer arrived, with every latency recorded.
+//! as the previous answer arrived (the most the server can do, and its latency when saturated),
+//! or on a fixed schedule (its latency at a given rate), with every latency recorded.
 // Shared by the `bench` and `scale` examples; each uses only part of it.
 #![allow(dead_code)]
 
@@ -33,9 +34,16 @@ pub struct Phase {
 /// Runs one phase: every connection sends request `n` (from a shared counter), waits for the
 /// answer, records it, and sends the next, until the limit is reached. `make` returns the
 /// request and the tag recorded in `acked` when the answer is accepted.
+///
+/// With a `rate` (requests per second, all connections together), each connection sends on a
+/// schedule instead, its requests `connections / rate` apart and the connections staggered. A
+/// request's latency then counts from when it was due if its connection was still waiting for
+/// the previous answer at that time: a server that falls behind is charged for the requests it
+/// delayed, not only for the ones it answered slowly (no "coordinated omission").
 pub async fn drive(
     conns: Vec<Conn>,
     limit: Limit,
+    rate: Option<f64>,
     make: impl Fn(u64) -> Option<(u64, Vec<u8>)> + Send + Sync + 'static,
     accept: impl Fn(&Response) -> bool + Send + Sync + 'static,
     pid: Option<u32>,
@@ -61,13 +69,22 @@ pub async fn drive(
     });
     let cpu_before = (pid.and_then(|p| cpu_seconds(&p.to_string())), cpu_seconds("self"));
     let started = Instant::now();
+    let connections = conns.len();
     let tasks: Vec<_> = conns
         .into_iter()
-        .map(|mut conn| {
+        .enumerate()
+        .map(|(i, mut conn)| {
             let (next, make, accept) = (next.clone(), make.clone(), accept.clone());
+            let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r));
+            let mut due = interval.map(|every| started + every.mul_f64(i as f64 / connections as f64));
             tokio::spawn(async move {
                 let mut out = Phase::default();
+                // When the previous answer arrived.
+                let mut free_since = started;
                 loop {
+                    if let Some(at) = due {
+                        tokio::time::sleep_until(at.into()).await;
+                    }
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         break;
                     }
@@ -76,9 +93,19 @@ pub async fn drive(
                         break;
                     }
                     let Some((tag, req)) = make(n) else { break };
-                    let sent = Instant::now();
+                    // Behind schedule (the previous answer came after this request was due): the
+                    // wait is the server's doing. On schedule: the timer's slack (tokio's timers
+                    // tick in milliseconds) is not, so count from now.
+                    let sent = match due {
+                        Some(at) if free_since > at => at,
+                        _ => Instant::now(),
+                    };
+                    if let (Some(at), Some(every)) = (due.as_mut(), interval) {
+                        *at += every;
+                    }
                     let answer = conn.send(&req).await;
-                    let micros = sent.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                    free_since = Instant::now();
+                    let micros = (free_since - sent).as_micros().min(u32::MAX as u128) as u32;
                     match answer {
                         Ok(r) if accept(&r) => {
                             out.micros.push(micros);

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Phases, each over `--connections` keep-alive connections, every connection sending its next
-//! request as soon as the previous answer arrived:
+//! request as soon as the previous answer arrived (the server's throughput, and its latency
+//! when saturated):
 //! 1. `client.registered` for `--clients` new clients (emails unique to this run);
 //! 2. `deposit.completed` for `--seconds` (after `--warmup`), each with its own transactionId,
 //!    spread round-robin over the clients;
@@ -18,6 +19,11 @@
 //!    exactly the deposits acknowledged. When it started the server itself it also reads the
 //!    SQLite file: every acknowledged transactionId has exactly one ledger entry and nothing
 //!    else was credited; then it runs `crm verify`.
+//!
+//! With `--deposit-rate` / `--lookup-rate`, phases 2 and 3 are each followed by the same at that
+//! fixed rate: the latency a platform sending that much would see, counted from when each
+//! request was due (see `load::drive`); a rate the server cannot sustain shows as latency growing
+//! for the whole phase.
 //!
 //! Against your own server, use a fresh database or accept that the run adds clients named
 //! `bench-<run>-<n>@bench.invalid`; set `CRM_SERVICE_RATE_LIMIT=0` for the run, or the lookups
@@ -83,6 +89,12 @@ struct Args {
     /// Keep the temporary database and print where it is
     #[arg(long)]
     keep: bool,
+    /// Also send deposits at this fixed rate per second, and report the latency at that rate
+    #[arg(long, default_value_t = 0.0)]
+    deposit_rate: f64,
+    /// Also send lookups at this fixed rate per second, and report the latency at that rate
+    #[arg(long, default_value_t = 0.0)]
+    lookup_rate: f64,
 }
 
 fn main() -> ExitCode {
@@ -170,6 +182,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let (c, register) = drive(
         conns,
         Limit::Count(args.clients),
+        None,
         move |n| Some((n, g.register(n))),
         is_processed,
         pid,
@@ -184,42 +197,47 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             register.first_error.as_deref().unwrap_or("?")
         );
     }
-    report.push(("client.registered", register));
+    report.push(("client.registered".to_string(), register));
 
-    // 2. Deposits: every acknowledged one (warm-up included) is on the books.
+    // 2. Deposits, then 3. lookups: as fast as the server answers, then at a fixed rate. Every
+    // acknowledged deposit (warm-up included) must be on the books.
     let seq = Arc::new(AtomicU64::new(0));
     let mut acked = Vec::new();
     let mut in_doubt = 0;
-    for measured in [false, true] {
-        let (g, seq) = (gen.clone(), seq.clone());
-        let limit = Limit::For(Duration::from_secs(if measured { args.seconds } else { args.warmup }));
-        let (c, phase) = drive(
-            conns,
-            limit,
-            move |_| {
-                let n = seq.fetch_add(1, Ordering::Relaxed);
-                Some((n, g.deposit(n)))
-            },
-            is_processed,
-            pid,
-        )
-        .await;
-        conns = c;
-        acked.extend_from_slice(&phase.acked);
-        in_doubt += phase.errors;
-        if measured {
-            report.push(("deposit.completed", phase));
+    for (name, rate) in phases("deposit.completed", args.deposit_rate) {
+        for measured in [false, true] {
+            let (g, seq) = (gen.clone(), seq.clone());
+            let limit = Limit::For(Duration::from_secs(if measured { args.seconds } else { args.warmup }));
+            let (c, phase) = drive(
+                conns,
+                limit,
+                rate,
+                move |_| {
+                    let n = seq.fetch_add(1, Ordering::Relaxed);
+                    Some((n, g.deposit(n)))
+                },
+                is_processed,
+                pid,
+            )
+            .await;
+            conns = c;
+            acked.extend_from_slice(&phase.acked);
+            in_doubt += phase.errors;
+            if measured {
+                report.push((name.clone(), phase));
+            }
         }
     }
-
-    // 3. Service lookups.
-    for measured in [false, true] {
-        let g = gen.clone();
-        let limit = Limit::For(Duration::from_secs(if measured { args.seconds } else { args.warmup }));
-        let (c, phase) = drive(conns, limit, move |n| Some((n, g.lookup(n))), |r| r.status == 200, pid).await;
-        conns = c;
-        if measured {
-            report.push(("GET service client", phase));
+    for (name, rate) in phases("GET service client", args.lookup_rate) {
+        for measured in [false, true] {
+            let g = gen.clone();
+            let limit = Limit::For(Duration::from_secs(if measured { args.seconds } else { args.warmup }));
+            let lookup = move |n| Some((n, g.lookup(n)));
+            let (c, phase) = drive(conns, limit, rate, lookup, |r| r.status == 200, pid).await;
+            conns = c;
+            if measured {
+                report.push((name.clone(), phase));
+            }
         }
     }
 
@@ -237,6 +255,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let (c, replay) = drive(
         conns,
         Limit::Count(replays.len() as u64),
+        None,
         move |n| r.get(n as usize).map(|seq| (*seq, g.deposit(*seq))),
         |r| r.status == 200 && r.json()["status"] == "duplicate",
         pid,
@@ -259,6 +278,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let (_, balances) = drive(
         conns,
         Limit::Count(args.clients),
+        None,
         move |n| Some((n, g.account(n))),
         move |r| {
             let real = account_real_atoms(&r.json());
@@ -480,10 +500,20 @@ fn atoms_text(atoms: i128) -> String {
     format!("{}.{:02}", atoms / 100_000_000, (atoms % 100_000_000) / 1_000_000)
 }
 
-fn print_report(report: &[(&str, Phase)], pid: Option<u32>) {
+/// The phases of one kind of request: as fast as the server answers, then at `rate` per second
+/// unless it is 0.
+fn phases(name: &str, rate: f64) -> Vec<(String, Option<f64>)> {
+    let mut phases = vec![(name.to_string(), None)];
+    if rate > 0.0 {
+        phases.push((format!("{name} @{rate:.0}/s"), Some(rate)));
+    }
+    phases
+}
+
+fn print_report(report: &[(String, Phase)], pid: Option<u32>) {
     println!();
     println!(
-        "{:<20} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8}",
+        "{:<28} {:>9} {:>7} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8}",
         "phase", "ok", "errors", "per sec", "p50 ms", "p99 ms", "p999 ms", "max ms", "RSS MB", "srv cpu%", "gen cpu%"
     );
     for (name, p) in report {
@@ -494,7 +524,7 @@ fn print_report(report: &[(&str, Phase)], pid: Option<u32>) {
             "-".into()
         };
         println!(
-            "{:<20} {:>9} {:>7} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>9.0} {:>8.0}",
+            "{:<28} {:>9} {:>7} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>9.0} {:>8.0}",
             name,
             p.micros.len(),
             p.errors,
@@ -512,7 +542,8 @@ fn print_report(report: &[(&str, Phase)], pid: Option<u32>) {
             println!("  first error: {e}");
         }
     }
-    println!("(cpu% is of one core; RSS MB is the server's peak VmRSS sampled every 50 ms in that phase)");
+    println!("(cpu% is of one core; RSS MB is the server's peak VmRSS sampled every 50 ms in that phase;");
+    println!(" @N/s: sent at that fixed rate, latency counted from when each request was due)");
 }
 
 fn print_machine(args: &Args, target: &Target) {
