@@ -118,14 +118,33 @@ async fn a_locked_database_answers_503_acknowledges_nothing_and_the_resend_appli
                           "data": { "email": "busy@example.com", "amount": "100", "transactionId": "TX-BUSY" } });
     let raw = deposit.to_string();
     let request = post_webhook(raw.as_bytes(), Some(&sign(&app.secrets.webhook, raw.as_bytes())));
-    let (deposit, adjustment) = tokio::join!(
-        raw_request(&app, &request),
+    let timed_deposit = async {
+        let started = std::time::Instant::now();
+        (raw_request(&app, &request).await, started.elapsed())
+    };
+    let timed_lookup = async {
+        let started = std::time::Instant::now();
+        let path = "/api/service/clients/busy@example.com";
+        (app.service(reqwest::Method::GET, path, None).await, started.elapsed())
+    };
+    let ((deposit, waited), ((lookup, _), lookup_waited), adjustment) = tokio::join!(
+        timed_deposit,
+        timed_lookup,
         app.staff(reqwest::Method::POST, &adjust_path, &admin, Some(adjust_body))
     );
     lock.execute_batch("ROLLBACK").unwrap();
     drop(lock);
 
     let deposit = deposit.expect("the deposit was answered");
+    // Refused after one busy timeout (5 s), not after a second one spent recording the refusal
+    // (recorded after the answer instead): a platform whose HTTP client gives up after 10 s
+    // would otherwise see a timeout rather than the 503 and its Retry-After.
+    assert!(waited < std::time::Duration::from_secs(9), "answered after {waited:?}");
+    assert_eq!(lookup, 503, "a service read under the lock is refused too");
+    assert!(
+        lookup_waited < std::time::Duration::from_secs(9),
+        "the lookup was answered after {lookup_waited:?}"
+    );
     assert_eq!(deposit.status, 503, "{:?}", String::from_utf8_lossy(&deposit.body));
     assert!(deposit.json().is_some_and(|v| v["error"].is_string()));
     let retry = deposit.header("retry-after").and_then(|s| s.parse::<u64>().ok());
@@ -139,6 +158,22 @@ async fn a_locked_database_answers_503_acknowledges_nothing_and_the_resend_appli
         "nothing answered 503 may be on the books"
     );
     assert!(app.ledger(&account).is_empty());
+    // The refused attempt is still on record, written once the lock was gone.
+    let recorded = (0..100).find_map(|_| {
+        let row: Option<(String, i64)> = app
+            .sqlite()
+            .query_row(
+                "SELECT status, http_status FROM webhook_events WHERE dedupe_key = 'tx:TX-BUSY'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .ok();
+        if row.is_none() {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        row
+    });
+    assert_eq!(recorded, Some(("failed".to_string(), 503)));
 
     // The platform retries: applied now, and once.
     assert_eq!(

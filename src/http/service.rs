@@ -348,7 +348,14 @@ impl Call {
             .detail("email", self.email.clone())
             .detail("status", error.status().as_u16())
             .detail("error", error.public_message());
-        record(&self.state, entry).await;
+        if error.status() == StatusCode::SERVICE_UNAVAILABLE {
+            // The database is busy or full: recording now would wait as long again, keeping the
+            // caller from its 503 and Retry-After. The refusal goes out first.
+            let state = self.state.clone();
+            tokio::spawn(async move { record(&state, entry).await });
+        } else {
+            record(&self.state, entry).await;
+        }
         error
     }
 }

@@ -19,7 +19,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use rusqlite::{Connection, Transaction, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
 
 use super::checkpoint::Nudge;
 use super::wal_file::WalFile;
@@ -110,6 +110,11 @@ pub fn spawn(
                 let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 commit_batch(&mut conn, &mut jobs)
             };
+            if outcome.as_ref().is_err_and(waited_for_lock) {
+                // The writes queued while this batch waited out the busy timeout would each
+                // wait it out again, batch after batch: they are refused with it (none has run).
+                jobs.extend(receiver.try_iter());
+            }
             // Even with no job left waiting, the batch goes to the sync thread: it makes the
             // answered writes durable too.
             let jobs = answer_committed(jobs, &outcome);
@@ -122,6 +127,15 @@ pub fn spawn(
         }
     })?;
     Ok((sender, [writer, sync]))
+}
+
+/// Whether a batch failed because another process held the database's lock past the busy
+/// timeout.
+fn waited_for_lock(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
 }
 
 /// Answers the writes of a committed batch that were queued with [`Ack::Committed`]; returns

@@ -128,7 +128,7 @@ pub async fn deliver(db: &Db, delivery: Delivery) -> Answer {
     let attempt_id = new_uuid().to_string();
     let event = match payload::parse(&delivery.raw) {
         Ok(event) => event,
-        Err(e) => return record_failure(db, delivery, attempt_id, None, e).await,
+        Err(e) => return answer_failure(db, delivery, attempt_id, None, e).await,
     };
     let keys = Keys::of(&event, &delivery.raw);
     let shared = Arc::new((delivery, event, keys, attempt_id));
@@ -143,7 +143,7 @@ pub async fn deliver(db: &Db, delivery: Delivery) -> Answer {
     let status = match result {
         Ok(Applied::Processed) => "processed",
         Ok(Applied::Duplicate) => "duplicate",
-        Err(e) => return record_failure(db, delivery, attempt_id, Some((event, keys)), failure(e)).await,
+        Err(e) => return answer_failure(db, delivery, attempt_id, Some((event, keys)), failure(e)).await,
     };
     Answer {
         attempt_id,
@@ -297,13 +297,32 @@ pub fn log_message(e: &ApiError) -> String {
     }
 }
 
-async fn record_failure(
+/// Answers a delivery that failed, and records it (attempt row and audit entry) in a write of
+/// its own. When the database is busy or full (503), that write would first wait as long again
+/// (the busy timeout), keeping the platform waiting for a refusal: then the answer goes out at
+/// once and the record is written in the background, as soon as the database lets it.
+async fn answer_failure(
     db: &Db,
     d: Delivery,
     attempt_id: String,
     parsed: Option<(Event, Keys)>,
     error: ApiError,
 ) -> Answer {
+    let answer = Answer {
+        attempt_id: attempt_id.clone(),
+        status: error.status(),
+        body: error.body(),
+    };
+    let recording = record_failure(db.clone(), d, attempt_id, parsed, error);
+    if answer.status == StatusCode::SERVICE_UNAVAILABLE {
+        tokio::spawn(recording);
+    } else {
+        recording.await;
+    }
+    answer
+}
+
+async fn record_failure(db: Db, d: Delivery, attempt_id: String, parsed: Option<(Event, Keys)>, error: ApiError) {
     if let ApiError::Internal(cause) = &error {
         tracing::error!(error = format!("{cause:#}"), attempt = %attempt_id, "webhook processing failed");
     }
@@ -362,10 +381,5 @@ async fn record_failure(
         .await;
     if let Err(e) = recorded {
         tracing::error!(error = %e, attempt = %attempt_id, "could not record a failed webhook attempt");
-    }
-    Answer {
-        attempt_id,
-        status: error.status(),
-        body: error.body(),
     }
 }
