@@ -107,6 +107,16 @@ async fn a_locked_database_answers_503_acknowledges_nothing_and_the_resend_appli
     let admin = app.admin_token().await;
     assert_eq!(app.register("busy@example.com").await.0, 200);
     let account = app.account_id("busy@example.com");
+    // A deposit for a client not registered yet: failed, for staff to re-run later.
+    assert_eq!(app.deposit("later@example.com", "5", "TX-LATER").await.0, 404);
+    let failed: String = app
+        .sqlite()
+        .query_row(
+            "SELECT id FROM webhook_events WHERE dedupe_key = 'tx:TX-LATER'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
 
     // Another process (an operator's sqlite3 shell, say) holds the write lock longer than the
     // server's busy timeout: every write the server tries meanwhile fails with SQLITE_BUSY.
@@ -127,10 +137,12 @@ async fn a_locked_database_answers_503_acknowledges_nothing_and_the_resend_appli
         let path = "/api/service/clients/busy@example.com";
         (app.service(reqwest::Method::GET, path, None).await, started.elapsed())
     };
-    let ((deposit, waited), ((lookup, _), lookup_waited), adjustment) = tokio::join!(
+    let rerun_path = format!("/api/webhooks/{failed}/reprocess");
+    let ((deposit, waited), ((lookup, _), lookup_waited), adjustment, rerun) = tokio::join!(
         timed_deposit,
         timed_lookup,
-        app.staff(reqwest::Method::POST, &adjust_path, &admin, Some(adjust_body))
+        app.staff(reqwest::Method::POST, &adjust_path, &admin, Some(adjust_body)),
+        app.staff(reqwest::Method::POST, &rerun_path, &admin, None)
     );
     lock.execute_batch("ROLLBACK").unwrap();
     drop(lock);
@@ -151,6 +163,7 @@ async fn a_locked_database_answers_503_acknowledges_nothing_and_the_resend_appli
     assert!(retry.is_some(), "a 503 says when to retry: {:?}", deposit.headers);
     assert_security_headers(&deposit, "a 503");
     assert_eq!(adjustment.0, 503, "{}", adjustment.1);
+    assert_eq!(rerun.0, 503, "a staff re-run under the lock: {}", rerun.1);
     assert!(adjustment.1["error"].is_string(), "{}", adjustment.1);
     assert_eq!(
         app.funds(&account),

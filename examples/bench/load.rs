@@ -39,7 +39,9 @@ pub struct Phase {
 /// schedule instead, its requests `connections / rate` apart and the connections staggered. A
 /// request's latency then counts from when it was due if its connection was still waiting for
 /// the previous answer at that time: a server that falls behind is charged for the requests it
-/// delayed, not only for the ones it answered slowly (no "coordinated omission").
+/// delayed, not only for the ones it answered slowly (no "coordinated omission"). Requests still
+/// due when the phase ends are not sent: a server that cannot keep up shows as latency growing
+/// through the phase and a rate below the one asked for.
 pub async fn drive(
     conns: Vec<Conn>,
     limit: Limit,

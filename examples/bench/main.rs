@@ -504,7 +504,7 @@ fn atoms_text(atoms: i128) -> String {
 /// unless it is 0.
 fn phases(name: &str, rate: f64) -> Vec<(String, Option<f64>)> {
     let mut phases = vec![(name.to_string(), None)];
-    if rate > 0.0 {
+    if rate.is_finite() && rate > 0.0 {
         phases.push((format!("{name} @{rate:.0}/s"), Some(rate)));
     }
     phases

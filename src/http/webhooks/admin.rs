@@ -163,6 +163,11 @@ async fn reprocess(id: Uuid, session: Session, state: AppState) -> Result<impl w
         }),
     };
     let answer = process::deliver(&state.db, delivery).await;
+    if answer.status == warp::http::StatusCode::SERVICE_UNAVAILABLE {
+        // The database is busy or full: the re-run changed nothing, and its record is written
+        // after the answer (see `process::answer_failure`), so there is no row to show yet.
+        return Err(ApiError::Unavailable);
+    }
     let attempt_id = answer.attempt_id.clone();
     let attempt = state
         .db
