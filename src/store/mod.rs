@@ -369,16 +369,22 @@ mod tests {
         lists
     }
 
+    /// A database at `path` as a CRM of schema `version` left it.
+    fn migrated_to(path: &Path, version: i32) -> Connection {
+        let mut conn = Connection::open(path).unwrap();
+        embedded::migrations::runner()
+            .set_target(refinery::Target::Version(version))
+            .run(&mut conn)
+            .unwrap();
+        conn
+    }
+
     #[test]
     fn v5_keeps_every_key_a_processed_webhook_claimed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("crm.db");
         {
-            let mut conn = Connection::open(&path).unwrap();
-            embedded::migrations::runner()
-                .set_target(refinery::Target::Version(4))
-                .run(&mut conn)
-                .unwrap();
+            let conn = migrated_to(&path, 4);
             conn.execute_batch(
                 "INSERT INTO webhook_events (id, received_at, signature, raw_body, body_size, status, http_status)
                  VALUES ('e1', 'x', 'current', x'', 0, 'processed', 200), ('e2', 'x', 'current', x'', 0, 'processed', 200),
@@ -427,11 +433,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("crm.db");
         {
-            let mut conn = Connection::open(&path).unwrap();
-            embedded::migrations::runner()
-                .set_target(refinery::Target::Version(3))
-                .run(&mut conn)
-                .unwrap();
+            let conn = migrated_to(&path, 3);
             assert_eq!(in_lists(&conn).len(), 6, "V1 spells six constraints as lists");
             conn.execute(
                 "INSERT INTO clients (id, email, kyc_status, created_at, updated_at)
