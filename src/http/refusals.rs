@@ -1,6 +1,11 @@
 //! Auditing of refused staff actions. The guide asks to "log all impersonation attempts", and a
 //! refused money movement or staff change matters as much as one that went through, so the
-//! admin-only actions record their refusals too, each in its own transaction.
+//! admin-only actions record their refusals too, each in its own transaction. The webhook and
+//! service API record theirs through [`record_after_refusal`].
+
+use std::future::Future;
+
+use warp::http::StatusCode;
 
 use super::error::ApiError;
 use super::AppState;
@@ -29,4 +34,15 @@ pub async fn audited<T>(state: &AppState, entry: Audit, result: Result<T, ApiErr
         }
     }
     result
+}
+
+/// Writes the record of a refused request: before the answer, so the record exists when the
+/// caller hears back; but after it for a 503 (the database busy or full), whose record would
+/// first wait out the busy timeout again and keep the caller from its answer and Retry-After.
+pub async fn record_after_refusal(status: StatusCode, recording: impl Future<Output = ()> + Send + 'static) {
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        tokio::spawn(recording);
+    } else {
+        recording.await;
+    }
 }

@@ -20,6 +20,7 @@ use super::auth::bearer;
 use super::body::{self, parse_json};
 use super::error::{respond, ApiError};
 use super::ratelimit::Verdict;
+use super::refusals::record_after_refusal;
 use super::views::AccountsView;
 use super::{client_ip, with_state, AppState};
 use crate::config::Secrets;
@@ -348,14 +349,8 @@ impl Call {
             .detail("email", self.email.clone())
             .detail("status", error.status().as_u16())
             .detail("error", error.public_message());
-        if error.status() == StatusCode::SERVICE_UNAVAILABLE {
-            // The database is busy or full: recording now would wait as long again, keeping the
-            // caller from its 503 and Retry-After. The refusal goes out first.
-            let state = self.state.clone();
-            tokio::spawn(async move { record(&state, entry).await });
-        } else {
-            record(&self.state, entry).await;
-        }
+        let state = self.state.clone();
+        record_after_refusal(error.status(), async move { record(&state, entry).await }).await;
         error
     }
 }

@@ -5,7 +5,7 @@
 use rusqlite::Connection;
 use serde_json::{json, Map, Value};
 
-use super::payload::{AccountChange, Action, ClientRef, KycChange, Movement, Registration};
+use super::payload::{AccountChange, Action, ClientRef, Event, KycChange, Movement, Registration};
 use crate::domain::{FundType, Leverage, Money};
 use crate::store::accounts::{self, Account, BalanceChange, Reason};
 use crate::store::audit::{self, actions, actors, Audit};
@@ -20,9 +20,8 @@ pub struct Ctx<'a> {
     pub secret: &'a str,
     /// The staff member re-running a stored attempt, if this is a re-run.
     pub rerun_by: Option<&'a str>,
-    /// The event's own `id` and `timestamp`, once it could be read.
-    pub event_id: Option<&'a str>,
-    pub timestamp: Option<&'a str>,
+    /// The event, once it could be read: its own `id` and `timestamp` go into every entry.
+    pub event: Option<&'a Event>,
 }
 
 impl Ctx<'_> {
@@ -31,8 +30,10 @@ impl Ctx<'_> {
             .ip(self.ip)
             .detail("attemptId", self.attempt_id)
             .detail("secret", self.secret);
-        let audit = match self.timestamp {
-            Some(at) => audit.detail("eventId", self.event_id).detail("timestamp", at),
+        let audit = match self.event {
+            Some(event) => audit
+                .detail("eventId", event.id.clone())
+                .detail("timestamp", event.timestamp.clone()),
             None => audit,
         };
         match self.rerun_by {

@@ -16,6 +16,7 @@ use super::effects::{self, Ctx};
 use super::payload::{self, Action, Event};
 use crate::domain::new_uuid;
 use crate::http::error::ApiError;
+use crate::http::refusals::record_after_refusal;
 use crate::store::audit::{self, actions, Audit};
 use crate::store::webhooks::{self, NewAttempt, Status};
 use crate::store::{Db, StoreError, StoreResult};
@@ -158,8 +159,7 @@ fn apply(tx: &Connection, d: &Delivery, event: &Event, keys: &Keys, attempt_id: 
         ip: &d.ip,
         secret: d.secret,
         rerun_by: d.rerun.as_ref().map(|r| r.by.as_str()),
-        event_id: event.id.as_deref(),
-        timestamp: Some(&event.timestamp),
+        event: Some(event),
     };
     let action = format!("{}{}", actions::WEBHOOK_PREFIX, event.name.as_str());
     let mut row = attempt_row(d, attempt_id, event.name.as_str(), Some(&keys.dedupe));
@@ -298,9 +298,7 @@ pub fn log_message(e: &ApiError) -> String {
 }
 
 /// Answers a delivery that failed, and records it (attempt row and audit entry) in a write of
-/// its own. When the database is busy or full (503), that write would first wait as long again
-/// (the busy timeout), keeping the platform waiting for a refusal: then the answer goes out at
-/// once and the record is written in the background, as soon as the database lets it.
+/// its own: before the answer, or after it for a 503 (see [`record_after_refusal`]).
 async fn answer_failure(
     db: &Db,
     d: Delivery,
@@ -313,12 +311,7 @@ async fn answer_failure(
         status: error.status(),
         body: error.body(),
     };
-    let recording = record_failure(db.clone(), d, attempt_id, parsed, error);
-    if answer.status == StatusCode::SERVICE_UNAVAILABLE {
-        tokio::spawn(recording);
-    } else {
-        recording.await;
-    }
+    record_after_refusal(answer.status, record_failure(db.clone(), d, attempt_id, parsed, error)).await;
     answer
 }
 
@@ -367,8 +360,7 @@ async fn record_failure(db: Db, d: Delivery, attempt_id: String, parsed: Option<
                 ip: &d.ip,
                 secret: d.secret,
                 rerun_by: d.rerun.as_ref().map(|r| r.by.as_str()),
-                event_id: parsed.as_ref().and_then(|(event, _)| event.id.as_deref()),
-                timestamp: parsed.as_ref().map(|(event, _)| event.timestamp.as_str()),
+                event: parsed.as_ref().map(|(event, _)| event),
             };
             let entry = ctx
                 .audit(&action, target)
