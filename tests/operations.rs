@@ -95,6 +95,38 @@ async fn verify_fails_when_a_balance_disagrees_with_its_ledger() {
 }
 
 #[tokio::test]
+async fn verify_fails_when_a_row_points_at_a_missing_one() {
+    let app = spawn_app();
+    let conn = app.sqlite();
+    // A ledger entry whose account is gone: its foreign key is checked in the ledger's pass.
+    conn.execute_batch(
+        "PRAGMA foreign_keys = OFF;
+         INSERT INTO ledger_entries (id, account_id, fund_type, amount, balance_after, reason, actor, created_at)
+         VALUES ('l1', 'gone', 'real', 100, 100, 'deposit', 'x', 'x');",
+    )
+    .unwrap();
+    let out = app.crm(&["verify"]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(stdout(&out).contains("FAIL  foreign keys"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("ledger_entries of account gone point at a missing accounts row"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Any other table's foreign keys are SQLite's own check.
+    conn.execute_batch(
+        "DELETE FROM ledger_entries;
+         INSERT INTO accounts (id, client_id, created_at, updated_at) VALUES ('a1', 'nobody', 'x', 'x');",
+    )
+    .unwrap();
+    let out = app.crm(&["verify"]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(stdout(&out).contains("points at a missing clients"), "{}", stdout(&out));
+    assert!(!stdout(&out).contains("ledger_entries of account"), "{}", stdout(&out));
+}
+
+#[tokio::test]
 async fn a_backup_is_one_consistent_file_and_restoring_it_is_a_copy() {
     let app = spawn_app();
     let backup = app.dir.path().join("snap.db");

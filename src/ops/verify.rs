@@ -63,8 +63,8 @@ pub enum Depth {
 /// the audit chain, the longest walk after SQLite's own check, in one stretch per core.
 pub fn run(db: &Db, depth: Depth) -> anyhow::Result<Report> {
     let (integrity, books, chain) = std::thread::scope(|scope| {
-        let integrity = scope.spawn(|| db.read_sync(|conn| sqlite_integrity(conn, depth)));
-        let books = scope.spawn(|| db.read_sync(books));
+        let integrity = scope.spawn(|| db.read_sync(|conn| mapped(conn, |conn| sqlite_integrity(conn, depth))));
+        let books = scope.spawn(|| db.read_sync(|conn| mapped(conn, books)));
         let chain = audit_chain(db);
         (join(integrity), join(books), chain)
     });
@@ -79,6 +79,22 @@ pub fn run(db: &Db, depth: Depth) -> anyhow::Result<Report> {
     }
     report.add("audit log hash chain", chain?.into_iter().collect());
     Ok(report)
+}
+
+/// Runs `f` on a connection that reads the database file through a memory map rather than one
+/// `pread` per page: the checks read nearly every page of the file, and copying each one out of
+/// the kernel was a third of `crm verify`'s time (52 s down to 34 s at 1M clients and 10M ledger
+/// entries). SQLite maps at most its compile-time limit (2 GiB in the bundled build) from the
+/// start of the file and reads the rest as before. The connection is left unmapped, like the
+/// pool's others. A mapped file that another program truncates meanwhile (a backup copied over
+/// it by hand) ends the process with SIGBUS rather than an error: verify fails either way.
+fn mapped<T>(conn: &Connection, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
+    conn.pragma_update(None, "mmap_size", i64::MAX)?;
+    let result = f(conn);
+    let unmapped = conn.pragma_update(None, "mmap_size", 0);
+    let value = result?;
+    unmapped?;
+    Ok(value)
 }
 
 fn join<T>(handle: std::thread::ScopedJoinHandle<'_, StoreResult<T>>) -> StoreResult<T> {
@@ -103,17 +119,9 @@ fn sqlite_integrity(conn: &Connection, depth: Depth) -> StoreResult<Vec<String>>
 
 /// Foreign keys, and every balance against its ledger.
 fn books(conn: &Connection) -> StoreResult<Vec<(&'static str, Vec<String>)>> {
-    let fk: Vec<String> = conn
-        .prepare("PRAGMA foreign_key_check")?
-        .query_map([], |r| {
-            Ok(format!(
-                "{} row {} points at a missing {}",
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?
-            ))
-        })?
-        .collect::<Result<_, _>>()?;
+    let ledger = accounts::check_ledger(conn)?;
+    let mut fk = foreign_key_problems(conn)?;
+    fk.extend(ledger.missing_accounts);
     let negative: Vec<String> = conn
         .prepare("SELECT id FROM accounts WHERE real_balance < 0 OR demo_balance < 0 OR bonus_balance < 0")?
         .query_map([], |r| {
@@ -122,12 +130,35 @@ fn books(conn: &Connection) -> StoreResult<Vec<(&'static str, Vec<String>)>> {
         .collect::<Result<_, _>>()?;
     Ok(vec![
         ("foreign keys", fk),
-        (
-            "every balance equals the sum of its ledger entries",
-            accounts::ledger_mismatches(conn)?,
-        ),
+        ("every balance equals the sum of its ledger entries", ledger.mismatches),
         ("no negative funds", negative),
     ])
+}
+
+/// `PRAGMA foreign_key_check` on every table but the ledger, whose one foreign key (its account)
+/// `accounts::check_ledger` checks in the pass it makes anyway: SQLite's check searches the
+/// accounts index once per entry, 15 s of `crm verify` at 10M entries.
+fn foreign_key_problems(conn: &Connection) -> StoreResult<Vec<String>> {
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name <> 'ledger_entries' ORDER BY name")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut check = conn.prepare("SELECT \"table\", rowid, parent FROM pragma_foreign_key_check(?1)")?;
+    let mut problems = Vec::new();
+    for table in &tables {
+        let found = check.query_map([table], |r| {
+            Ok(format!(
+                "{} row {} points at a missing {}",
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?
+            ))
+        })?;
+        for problem in found {
+            problems.push(problem?);
+        }
+    }
+    Ok(problems)
 }
 
 /// The hash chain, walked in stretches of consecutive rows side by side, then joined.
@@ -149,9 +180,43 @@ fn audit_chain(db: &Db) -> StoreResult<Option<String>> {
     let stretches = std::thread::scope(|scope| {
         let walks: Vec<_> = bounds
             .iter()
-            .map(|&(from, to)| scope.spawn(move || db.read_sync(|conn| audit::walk_chain(conn, from, to))))
+            .map(|&(from, to)| {
+                scope.spawn(move || db.read_sync(|conn| mapped(conn, |conn| audit::walk_chain(conn, from, to))))
+            })
             .collect();
         walks.into_iter().map(join).collect::<StoreResult<Vec<_>>>()
     })?;
     Ok(audit::stitch(&stretches))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `foreign_key_problems` leaves the ledger to `accounts::check_ledger`, which knows of one
+    /// foreign key only; a new one must be checked too.
+    #[test]
+    fn the_ledger_pass_covers_every_foreign_key_of_the_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db")).unwrap();
+        let keys: Vec<(String, String, String)> = db
+            .read_sync(|conn| {
+                Ok(conn
+                    .prepare("SELECT \"from\", \"table\", \"to\" FROM pragma_foreign_key_list('ledger_entries')")?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<Result<_, _>>()?)
+            })
+            .unwrap();
+        assert_eq!(keys, [("account_id".into(), "accounts".into(), "id".into())]);
+    }
+
+    #[test]
+    fn a_mapped_check_leaves_its_connection_unmapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("t.db")).unwrap();
+        let mmap_size =
+            |conn: &Connection| -> StoreResult<i64> { Ok(conn.query_row("PRAGMA mmap_size", [], |r| r.get(0))?) };
+        assert!(mapped(&conn, mmap_size).unwrap() > 0, "mapped while the check runs");
+        assert_eq!(mmap_size(&conn).unwrap(), 0, "and not after");
+    }
 }

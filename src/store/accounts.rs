@@ -294,12 +294,23 @@ pub fn ledger_for_client(conn: &Connection, client_id: &str, limit: u32) -> Stor
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Accounts whose stored balance differs from the sum of their ledger entries, per fund.
+/// What one pass over the ledger found (see [`check_ledger`]).
+#[derive(Debug, Default)]
+pub struct LedgerCheck {
+    /// Accounts whose stored balance differs from the sum of their ledger entries, per fund.
+    pub mismatches: Vec<String>,
+    /// Accounts named by ledger entries that do not exist: the ledger's one foreign key.
+    pub missing_accounts: Vec<String>,
+}
+
+/// Every balance against its ledger, and every ledger entry's account.
 ///
 /// One pass over the ledger in storage order, summing per account in memory, then one over the
 /// accounts: on a large ledger that is many times faster than summing each account through its
-/// index, which reads the entries in random order.
-pub fn ledger_mismatches(conn: &Connection) -> StoreResult<Vec<String>> {
+/// index, which reads the entries in random order. The sums left over once every account has
+/// taken its own belong to no account; so the entries' foreign key is checked on the way,
+/// without the index search per entry that `PRAGMA foreign_key_check` makes.
+pub fn check_ledger(conn: &Connection) -> StoreResult<LedgerCheck> {
     let mut sums: std::collections::HashMap<String, [i128; 3]> = std::collections::HashMap::new();
     let mut entries = conn.prepare("SELECT account_id, fund_type, amount FROM ledger_entries")?;
     let mut rows = entries.query([])?;
@@ -321,23 +332,29 @@ pub fn ledger_mismatches(conn: &Connection) -> StoreResult<Vec<String>> {
             }
         }
     }
-    let mut out = Vec::new();
+    let mut found = LedgerCheck::default();
     let mut accounts = conn.prepare("SELECT id, real_balance, demo_balance, bonus_balance FROM accounts")?;
     let mut rows = accounts.query([])?;
     while let Some(r) = rows.next()? {
         let id = text_column(r, 0)?;
-        let summed = sums.get(id).copied().unwrap_or_default();
+        let summed = sums.remove(id).unwrap_or_default();
         for (i, fund) in FundType::ALL.iter().enumerate() {
             let stored = r.get::<_, i64>(i + 1)?;
             if i128::from(stored) != summed[i] {
-                out.push(format!(
+                found.mismatches.push(format!(
                     "account {id}: {fund} balance {stored} but ledger sums to {} (hundred-millionths)",
                     summed[i]
                 ));
             }
         }
     }
-    Ok(out)
+    let mut missing: Vec<String> = sums.into_keys().collect();
+    missing.sort();
+    found.missing_accounts = missing
+        .into_iter()
+        .map(|id| format!("ledger_entries of account {id} point at a missing accounts row"))
+        .collect();
+    Ok(found)
 }
 
 #[cfg(test)]
