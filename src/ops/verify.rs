@@ -118,8 +118,13 @@ fn sqlite_integrity(conn: &Connection, depth: Depth) -> StoreResult<Vec<String>>
         .collect())
 }
 
-/// Foreign keys, and every balance against its ledger.
+/// Foreign keys, and every balance against its ledger. All in one read transaction, so they see
+/// one moment of the books: on a running CRM a deposit committed between reading the ledger and
+/// reading the balances would otherwise show as a balance that disagrees with its ledger.
 fn books(conn: &Connection) -> StoreResult<Vec<(&'static str, Vec<String>)>> {
+    // Only reads: dropping it at the end rolls nothing back.
+    let snapshot = conn.unchecked_transaction()?;
+    let conn: &Connection = &snapshot;
     let ledger = accounts::check_ledger(conn)?;
     let mut fk = foreign_key_problems(conn)?;
     fk.extend(ledger.missing_accounts);
@@ -209,6 +214,52 @@ mod tests {
             })
             .unwrap();
         assert_eq!(keys, [("account_id".into(), "accounts".into(), "id".into())]);
+    }
+
+    /// Deposits committing while the books are checked (each a ledger entry and its balance in
+    /// one transaction) never show as a mismatch: the ledger and the balances are read at one
+    /// moment, so `crm verify` on a running CRM reports only what is wrong.
+    #[test]
+    fn the_books_are_read_at_one_moment_while_deposits_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let db = Db::open(&path).unwrap();
+        db.write_sync(|tx| {
+            Ok(tx.execute_batch(
+                "INSERT INTO clients (id, email, created_at, updated_at) VALUES ('c1', 'x@example.com', 'x', 'x');
+                 INSERT INTO accounts (id, client_id, created_at, updated_at) VALUES ('a1', 'c1', 'x', 'x');",
+            )?)
+        })
+        .unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                // Another connection, unsynced, so that commits come many times per check.
+                let conn = Connection::open(&path).unwrap();
+                conn.execute_batch("PRAGMA synchronous = OFF").unwrap();
+                for n in 1.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    conn.execute_batch(&format!(
+                        "BEGIN;
+                         INSERT INTO ledger_entries (id, account_id, fund_type, amount, balance_after, reason, actor, created_at)
+                         VALUES ('l{n}', 'a1', 'real', 100, {}, 'deposit', 'x', 'x');
+                         UPDATE accounts SET real_balance = real_balance + 100 WHERE id = 'a1';
+                         COMMIT;",
+                        n * 100
+                    ))
+                    .unwrap();
+                }
+            });
+            let checked = (0..200).map(|_| db.read_sync(books)).collect::<Vec<_>>();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            for checks in checked {
+                for (name, problems) in checks.unwrap() {
+                    assert!(problems.is_empty(), "{name}: {problems:?}");
+                }
+            }
+        });
     }
 
     #[test]
