@@ -26,6 +26,7 @@ use rusqlite::{params, Connection};
 
 use crm::domain::Money;
 use crm::store::audit::{self, actions, actors, Audit};
+use crm::store::audit_index;
 use crm::store::Db;
 
 #[derive(Parser)]
@@ -202,6 +203,10 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
+    tx.commit()?;
+    // What `crm serve` would otherwise index slice by slice after starting.
+    let tx = conn.transaction()?;
+    audit_index::index_all(&tx)?;
     tx.commit()?;
     conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
     drop(conn);

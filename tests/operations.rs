@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
+use serde_json::Value;
 
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -226,7 +227,7 @@ fn a_backup_is_taken_before_migrating_an_existing_database() {
     let latest: i64 = conn
         .query_row("SELECT MAX(version) FROM refinery_schema_history", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(latest, 5, "update this test when a migration is added");
+    assert_eq!(latest, 6, "update this test when a migration is added");
     conn.execute(
         "INSERT INTO clients (id, email, first_name, last_name, created_at, updated_at)
          VALUES ('c1', 'early.bird@example.com', 'Early', 'Bird', '2025-01-01T00:00:00.000Z', '2025-01-01T00:00:00.000Z')",
@@ -240,7 +241,9 @@ fn a_backup_is_taken_before_migrating_an_existing_database() {
          DROP TABLE webhook_claims;
          CREATE TABLE processed_webhooks (dedupe_key TEXT PRIMARY KEY, transaction_id TEXT UNIQUE,
              content_hash TEXT NOT NULL, event_id TEXT NOT NULL REFERENCES webhook_events (id),
-             processed_at TEXT NOT NULL);",
+             processed_at TEXT NOT NULL);
+         DROP TABLE audit_targets; DROP TABLE audit_index_progress; DROP INDEX audit_kyc_by_target;
+         CREATE INDEX audit_by_target ON audit_log (target, seq);",
     )
     .unwrap();
     drop(conn);
@@ -458,5 +461,92 @@ async fn doctor_says_when_a_previous_jwt_secret_was_last_used() {
     assert!(
         text.contains("warn  JWT_SECRET_PREVIOUS is set and was last used at"),
         "{text}"
+    );
+}
+
+/// The running server indexes the audit log by target on its own, a moment after the rows are
+/// written; the target filter finds a client's rows before and after, and `crm verify` checks the
+/// index against the log.
+#[tokio::test]
+async fn the_server_indexes_the_audit_log_by_target_and_verify_checks_it() {
+    let app = spawn_app();
+    let admin = app.admin_token().await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let email = format!("indexed{n}@example.com");
+        assert_eq!(app.register(&email).await.0, 200);
+        let mut client = Value::Null;
+        for _ in 0..4 {
+            let (status, body) = app
+                .service(reqwest::Method::GET, &format!("/api/service/clients/{email}"), None)
+                .await;
+            assert_eq!(status, 200, "{body}");
+            client = body;
+        }
+        ids.push(client["id"].as_str().unwrap().to_string());
+    }
+    let by_target = |id: &str| format!("/api/audit?target=client:{id}&limit=500");
+    let (status, before) = app.staff(reqwest::Method::GET, &by_target(&ids[1]), &admin, None).await;
+    assert_eq!(status, 200, "{before}");
+
+    let conn = app.sqlite();
+    let unindexed = || -> i64 {
+        conn.query_row(
+            "SELECT (SELECT max(seq) FROM audit_log) - indexed_through FROM audit_index_progress",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let waiting = Instant::now();
+    while unindexed() > 0 {
+        assert!(waiting.elapsed() < Duration::from_secs(20), "never indexed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let expected: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM audit_log WHERE target = ?1",
+            [format!("client:{}", ids[1])],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let indexed: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM audit_targets WHERE target = ?1",
+            [format!("client:{}", ids[1])],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(indexed, expected);
+    let (_, after) = app.staff(reqwest::Method::GET, &by_target(&ids[1]), &admin, None).await;
+    let entries = after["entries"].as_array().unwrap();
+    assert!(
+        entries.len() as i64 >= expected && expected >= 5,
+        "registered, four reads: {after}"
+    );
+    // The earlier answer, taken before indexing, held the same rows (and the staff read since).
+    assert_eq!(
+        entries[entries.len() - before["entries"].as_array().unwrap().len()..],
+        before["entries"].as_array().unwrap()[..]
+    );
+    assert!(entries.iter().all(|e| e["target"] == format!("client:{}", ids[1])));
+
+    let out = app.crm(&["verify"]);
+    assert!(
+        stdout(&out).contains("ok    audit log index by target"),
+        "{}",
+        stdout(&out)
+    );
+    conn.execute(
+        "DELETE FROM audit_targets WHERE target = ?1",
+        [format!("client:{}", ids[1])],
+    )
+    .unwrap();
+    let out = app.crm(&["verify"]);
+    assert!(!out.status.success());
+    assert!(
+        stdout(&out).contains("FAIL  audit log index by target"),
+        "{}",
+        stdout(&out)
     );
 }

@@ -8,7 +8,7 @@ use crate::config::{resolve_secrets, LogFormat, Settings};
 use crate::domain::{Email, Role};
 use crate::http::{self, AppState};
 use crate::security::random_password;
-use crate::store::{staff, Db};
+use crate::store::{audit_index, staff, Db};
 
 pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
     init_logging(settings.log_format);
@@ -49,8 +49,10 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
                 settings.backup_keep,
             ));
         }
+        let indexer = audit_index::spawn(db.clone()).context("cannot start the audit index thread")?;
         let state = AppState::new(db.clone(), settings.clone(), secrets);
         http::serve(state, listener, shutdown).await;
+        tokio::task::spawn_blocking(|| indexer.stop()).await?;
         // Up to 128 MiB of committed writes may still be in the WAL (see store::checkpoint).
         if let Err(e) = db.checkpoint_fully() {
             tracing::warn!(error = %e, "could not fold the WAL into the database file on the way out");

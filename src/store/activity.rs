@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::audit::{actions, target};
+use super::audit::target;
 use super::{StoreError, StoreResult};
 use crate::domain::{Invalid, Money};
 
@@ -65,12 +65,13 @@ impl Cursor {
 const KINDS: [&str; 5] = ["ledger", "note", "kyc", "webhook", "sso"];
 
 /// Every source as `(type, at, key)`; `key` orders items of one source within one timestamp.
-/// `?1` is the client id, `?2` its audit target, `?3` the KYC audit action.
+/// `?1` is the client id, `?2` its audit target. The KYC action is written out, as
+/// [`super::audit::actions::KYC_UPDATE`] says, so that SQLite can use the partial index of those rows.
 const MERGED: &str = "
     SELECT 'ledger' AS kind, l.created_at AS at, l.seq AS key
       FROM ledger_entries l JOIN accounts a ON a.id = l.account_id WHERE a.client_id = ?1
     UNION ALL SELECT 'note', created_at, rowid FROM notes WHERE client_id = ?1
-    UNION ALL SELECT 'kyc', at, seq FROM audit_log WHERE target = ?2 AND action = ?3
+    UNION ALL SELECT 'kyc', at, seq FROM audit_log WHERE target = ?2 AND action = 'client.kyc_update'
     UNION ALL SELECT 'webhook', received_at, seq FROM webhook_events WHERE client_id = ?1
     UNION ALL SELECT 'sso', issued_at, rowid FROM sso_sessions WHERE client_id = ?1";
 
@@ -79,15 +80,14 @@ pub fn timeline(conn: &Connection, client_id: &str, before: Option<&Cursor>, lim
     let limit = limit.clamp(1, 500);
     let sql = format!(
         "SELECT kind, at, key FROM ({MERGED})
-         WHERE ?4 IS NULL OR (at, kind, key) < (?4, ?5, ?6)
-         ORDER BY at DESC, kind DESC, key DESC LIMIT ?7"
+         WHERE ?3 IS NULL OR (at, kind, key) < (?3, ?4, ?5)
+         ORDER BY at DESC, kind DESC, key DESC LIMIT ?6"
     );
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map(
         params![
             client_id,
             target("client", client_id),
-            actions::KYC_UPDATE,
             before.map(|c| &c.at),
             before.map(|c| &c.kind),
             before.map(|c| c.key),
@@ -231,6 +231,29 @@ fn sso(conn: &Connection, rowid: i64) -> StoreResult<(String, Value)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The timeline's KYC changes come from their partial index, which a query can use only if
+    /// it names the action as the index does.
+    #[test]
+    fn kyc_changes_are_found_through_their_own_index() {
+        use crate::store::audit::actions;
+        assert!(MERGED.contains(&format!("action = '{}'", actions::KYC_UPDATE)));
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::store::Db::open(&dir.path().join("t.db")).unwrap();
+        let plan: Vec<String> = db
+            .read_sync(|conn| {
+                Ok(conn
+                    .prepare(&format!("EXPLAIN QUERY PLAN {MERGED}"))?
+                    .query_map(["c1", "client:c1"], |r| r.get(3))?
+                    .collect::<Result<_, _>>()?)
+            })
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("USING INDEX audit_kyc_by_target (target=?)")),
+            "{plan:?}"
+        );
+    }
 
     #[test]
     fn cursors_round_trip_and_foreign_ones_are_refused() {
