@@ -503,21 +503,13 @@ async fn the_server_indexes_the_audit_log_by_target_and_verify_checks_it() {
         assert!(waiting.elapsed() < Duration::from_secs(20), "never indexed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let expected: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM audit_log WHERE target = ?1",
-            [format!("client:{}", ids[1])],
-            |r| r.get(0),
-        )
-        .unwrap();
-    let indexed: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM audit_targets WHERE target = ?1",
-            [format!("client:{}", ids[1])],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(indexed, expected);
+    let rows_of = |table: &str| -> i64 {
+        let sql = format!("SELECT count(*) FROM {table} WHERE target = ?1");
+        conn.query_row(&sql, [format!("client:{}", ids[1])], |r| r.get(0))
+            .unwrap()
+    };
+    let expected = rows_of("audit_log");
+    assert_eq!(rows_of("audit_targets"), expected);
     let (_, after) = app.staff(reqwest::Method::GET, &by_target(&ids[1]), &admin, None).await;
     let entries = after["entries"].as_array().unwrap();
     assert!(
