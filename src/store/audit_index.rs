@@ -52,7 +52,7 @@ const MAX_WAIT: Duration = Duration::from_secs(1);
 /// At most this many rows wait in memory (about 90 bytes each), and at most this many are read
 /// at a time.
 const MAX_WAITING: usize = 32 * 1024;
-const READ_AT_ONCE: i64 = 4 * 1024;
+const READ_AT_ONCE: usize = 4 * 1024;
 
 /// How often the thread looks for new rows when it has nothing to do.
 const TICK: Duration = Duration::from_millis(20);
@@ -127,8 +127,9 @@ impl Indexer {
         let committed = Progress::read(&tx)?;
         let mut pending = Vec::new();
         if committed.next.is_some() {
-            pending = rows_after(&tx, committed.indexed_through, committed.epoch_end)?;
-            pending.retain(|(target, seq)| !committed.covers(target, *seq));
+            let epoch = (committed.epoch_end - committed.indexed_through) as usize;
+            pending = rows_after(&tx, committed.indexed_through, epoch)?;
+            pending.retain(|(target, seq)| *seq <= committed.epoch_end && !committed.covers(target, *seq));
             pending.sort_unstable();
         }
         drop(tx);
@@ -150,8 +151,8 @@ impl Indexer {
     pub fn step(&mut self, db: &Db, force: bool) -> StoreResult<bool> {
         if self.waiting.len() < MAX_WAITING {
             let last = self.waiting.last().map_or(self.epoch_end, |(_, seq)| *seq);
-            let room = READ_AT_ONCE.min((MAX_WAITING - self.waiting.len()) as i64);
-            let new = rows_after(&self.conn, last, last + room)?;
+            let room = READ_AT_ONCE.min(MAX_WAITING - self.waiting.len());
+            let new = rows_after(&self.conn, last, room)?;
             if !new.is_empty() {
                 self.waiting_since.get_or_insert_with(Instant::now);
             }
@@ -230,11 +231,11 @@ pub fn index_all(tx: &rusqlite::Transaction) -> StoreResult<()> {
     Ok(())
 }
 
-/// The (target, seq) of the rows with `after < seq <= through`, in `seq` order.
-fn rows_after(conn: &Connection, after: i64, through: i64) -> StoreResult<Vec<(String, i64)>> {
+/// The (target, seq) of the first `count` rows after `after`, in `seq` order.
+fn rows_after(conn: &Connection, after: i64, count: usize) -> StoreResult<Vec<(String, i64)>> {
     let rows = conn
-        .prepare_cached("SELECT target, seq FROM audit_log WHERE seq > ?1 AND seq <= ?2 ORDER BY seq")?
-        .query_map([after, through], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .prepare_cached("SELECT target, seq FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2")?
+        .query_map(params![after, count as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     Ok(rows)
 }
