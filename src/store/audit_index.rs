@@ -22,18 +22,29 @@ use rusqlite::{params, Connection};
 
 use super::{Db, StoreError, StoreResult};
 
+/// The audit rows `a` not indexed yet, read from the newest rows of the log: the one place the
+/// progress row's meaning is written in SQL ([`Progress::covers`] is the same in Rust).
+macro_rules! not_indexed {
+    () => {
+        "FROM audit_index_progress p CROSS JOIN audit_log a
+         WHERE a.seq > p.indexed_through
+           AND (a.seq > p.epoch_end OR (a.target, a.seq) >= (p.next_target, p.next_seq))"
+    };
+}
+
 /// Every column of every audit row of the target bound to `?1`, as a compound SELECT: the
 /// indexed rows, then those not indexed yet. Both parts come in `seq` order (the first takes its
 /// `seq` from the index for that), so an `ORDER BY seq` with a `LIMIT` around it merges them and
 /// stops early. `CROSS JOIN` makes SQLite read the one progress row first, and then only the
 /// newest rows of the log.
-pub const ROWS_OF_TARGET: &str = "
-    SELECT t.seq, a.id, a.at, a.actor, a.action, a.target, a.outcome, a.ip, a.details, a.prev_hash, a.hash
-      FROM audit_targets t JOIN audit_log a ON a.seq = t.seq WHERE t.target = ?1
-    UNION ALL
-    SELECT a.* FROM audit_index_progress p CROSS JOIN audit_log a
-     WHERE a.seq > p.indexed_through AND a.target = ?1
-       AND (a.seq > p.epoch_end OR (a.target, a.seq) >= (p.next_target, p.next_seq))";
+pub const ROWS_OF_TARGET: &str = concat!(
+    "SELECT t.seq, a.id, a.at, a.actor, a.action, a.target, a.outcome, a.ip, a.details, a.prev_hash, a.hash
+       FROM audit_targets t JOIN audit_log a ON a.seq = t.seq WHERE t.target = ?1
+     UNION ALL
+     SELECT a.* ",
+    not_indexed!(),
+    " AND a.target = ?1"
+);
 
 /// Entries per slice: a write of a few tenths of a millisecond, so that the batch it joins, and
 /// the requests in it, are barely held up.
@@ -218,16 +229,14 @@ impl Indexer {
 /// Indexes every row not indexed yet in one statement: for a database filled outside the CRM
 /// (the data generator), in its transaction. The server's thread does the same a slice at a time.
 pub fn index_all(tx: &rusqlite::Transaction) -> StoreResult<()> {
-    tx.execute_batch(
-        "INSERT INTO audit_targets (target, seq)
-         SELECT a.target, a.seq FROM audit_index_progress p CROSS JOIN audit_log a
-          WHERE a.seq > p.indexed_through
-            AND (a.seq > p.epoch_end OR (a.target, a.seq) >= (p.next_target, p.next_seq))
-          ORDER BY a.target, a.seq;
+    tx.execute_batch(concat!(
+        "INSERT INTO audit_targets (target, seq) SELECT a.target, a.seq ",
+        not_indexed!(),
+        " ORDER BY a.target, a.seq;
          UPDATE audit_index_progress
             SET (indexed_through, epoch_end, next_target, next_seq) =
-                (SELECT coalesce(max(seq), 0), coalesce(max(seq), 0), NULL, NULL FROM audit_log);",
-    )?;
+                (SELECT coalesce(max(seq), 0), coalesce(max(seq), 0), NULL, NULL FROM audit_log);"
+    ))?;
     Ok(())
 }
 

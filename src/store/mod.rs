@@ -232,10 +232,9 @@ impl Db {
         T: Send + 'static,
         F: Fn(&Transaction) -> StoreResult<T> + Send + 'static,
     {
-        let stopped = || StoreError::Other(anyhow::anyhow!("the database writer has stopped"));
-        let (job, result) = group_commit::job(f, Ack::Committed);
-        self.jobs.send(job).map_err(|_| stopped())?;
-        result.blocking_recv().map_err(|_| stopped())?
+        self.submit(f, Ack::Committed)?
+            .blocking_recv()
+            .map_err(|_| writer_stopped())?
     }
 
     async fn queue<T, F>(&self, f: F, ack: Ack) -> StoreResult<T>
@@ -243,10 +242,18 @@ impl Db {
         T: Send + 'static,
         F: Fn(&Transaction) -> StoreResult<T> + Send + 'static,
     {
-        let stopped = || StoreError::Other(anyhow::anyhow!("the database writer has stopped"));
+        self.submit(f, ack)?.await.map_err(|_| writer_stopped())?
+    }
+
+    /// Queues a write for the writer thread; its result arrives on the receiver.
+    fn submit<T, F>(&self, f: F, ack: Ack) -> StoreResult<tokio::sync::oneshot::Receiver<StoreResult<T>>>
+    where
+        T: Send + 'static,
+        F: Fn(&Transaction) -> StoreResult<T> + Send + 'static,
+    {
         let (job, result) = group_commit::job(f, ack);
-        self.jobs.send(job).map_err(|_| stopped())?;
-        result.await.map_err(|_| stopped())?
+        self.jobs.send(job).map_err(|_| writer_stopped())?;
+        Ok(result)
     }
 
     pub fn read_sync<T>(&self, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
@@ -353,6 +360,10 @@ fn backup_before_migrating(conn: &mut Connection, path: &Path) -> anyhow::Result
     snapshot_into(conn, &target)?;
     tracing::info!(backup = %target.display(), from = applied, to = newest, "backed up the database before migrating");
     Ok(())
+}
+
+fn writer_stopped() -> StoreError {
+    StoreError::Other(anyhow::anyhow!("the database writer has stopped"))
 }
 
 /// Every database call from async code goes through here, so no handler blocks the runtime.
