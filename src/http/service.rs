@@ -350,7 +350,8 @@ impl Call {
             .detail("status", error.status().as_u16())
             .detail("error", error.public_message());
         let state = self.state.clone();
-        record_after_refusal(error.status(), async move { record(&state, entry).await }).await;
+        // Boxed, so that every call's future does not carry this rare path's state.
+        record_after_refusal(error.status(), Box::pin(async move { record(&state, entry).await })).await;
         error
     }
 }

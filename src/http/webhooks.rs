@@ -86,7 +86,7 @@ async fn receive(
                 return refusal;
             }
             let declared = header(&headers, "content-length").and_then(|v| v.parse().ok());
-            return record_unverified(&state.db, arrival, Bytes::new(), declared, e).await;
+            return Box::pin(record_unverified(&state.db, arrival, Bytes::new(), declared, e)).await;
         }
     };
     let secrets = &state.secrets;
@@ -101,7 +101,7 @@ async fn receive(
             return refusal;
         }
         let e = ApiError::Unauthorized("Invalid signature".into());
-        return record_unverified(&state.db, arrival, body, None, e).await;
+        return Box::pin(record_unverified(&state.db, arrival, body, None, e)).await;
     };
     let delivery = Delivery {
         raw: body,
@@ -135,9 +135,10 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Records an attempt whose body was refused or not signed: at most [`webhooks::UNVERIFIED_BODY_BYTES`]
-/// of it, pruning the oldest such rows beyond [`webhooks::UNVERIFIED_ROWS_KEPT`], audited
-/// (rate-limited) in the same write.
+/// Records an attempt whose body was refused or not signed: at most
+/// [`webhooks::UNVERIFIED_BODY_BYTES`] of it, pruning the oldest such rows beyond
+/// [`webhooks::UNVERIFIED_ROWS_KEPT`], audited (rate-limited) in the same write. Callers box its
+/// future: it is large and rare, and inline it would make every delivery's future larger.
 async fn record_unverified(
     db: &Db,
     arrival: Arrival,

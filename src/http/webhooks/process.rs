@@ -311,7 +311,10 @@ async fn answer_failure(
         status: error.status(),
         body: error.body(),
     };
-    record_after_refusal(answer.status, record_failure(db.clone(), d, attempt_id, parsed, error)).await;
+    // Boxed: a future holds the state of every path it might take, and this rare one holds a
+    // whole delivery; unboxed, it made every webhook's future several kilobytes larger.
+    let recording = Box::pin(record_failure(db.clone(), d, attempt_id, parsed, error));
+    record_after_refusal(answer.status, recording).await;
     answer
 }
 
