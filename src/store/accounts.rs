@@ -23,23 +23,31 @@ pub struct Account {
     pub updated_at: String,
 }
 
+/// The columns [`Account::from_row`] reads, in its order (read by position, as clients are).
+macro_rules! account_columns {
+    () => {
+        "id, client_id, parent_id, real_balance, demo_balance, bonus_balance, leverage, currency, created_at, updated_at"
+    };
+}
+
 impl Account {
+    /// A row selected as `account_columns!`.
     fn from_row(r: &Row) -> rusqlite::Result<Account> {
-        let money = |col: &str| -> rusqlite::Result<Money> {
+        let money = |col: usize| -> rusqlite::Result<Money> {
             let atoms: i64 = r.get(col)?;
             Money::from_atoms(atoms).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
         };
         Ok(Account {
-            id: r.get("id")?,
-            client_id: r.get("client_id")?,
-            parent_id: r.get("parent_id")?,
-            real: money("real_balance")?,
-            demo: money("demo_balance")?,
-            bonus: money("bonus_balance")?,
-            leverage: r.get("leverage")?,
-            currency: r.get("currency")?,
-            created_at: r.get("created_at")?,
-            updated_at: r.get("updated_at")?,
+            id: r.get(0)?,
+            client_id: r.get(1)?,
+            parent_id: r.get(2)?,
+            real: money(3)?,
+            demo: money(4)?,
+            bonus: money(5)?,
+            leverage: r.get(6)?,
+            currency: r.get(7)?,
+            created_at: r.get(8)?,
+            updated_at: r.get(9)?,
         })
     }
 
@@ -84,24 +92,30 @@ pub fn insert(
 }
 
 pub fn get(conn: &Connection, id: &str) -> StoreResult<Account> {
-    conn.prepare_cached("SELECT * FROM accounts WHERE id = ?1")?
+    conn.prepare_cached(concat!("SELECT ", account_columns!(), " FROM accounts WHERE id = ?1"))?
         .query_row([id], Account::from_row)
         .optional()?
         .ok_or_else(|| StoreError::NotFound("Account not found".into()))
 }
 
 pub fn primary_for_client(conn: &Connection, client_id: &str) -> StoreResult<Account> {
-    conn.prepare_cached("SELECT * FROM accounts WHERE client_id = ?1 AND parent_id IS NULL")?
-        .query_row([client_id], Account::from_row)
-        .optional()?
-        .ok_or_else(|| StoreError::NotFound("The client has no primary account".into()))
+    conn.prepare_cached(concat!(
+        "SELECT ",
+        account_columns!(),
+        " FROM accounts WHERE client_id = ?1 AND parent_id IS NULL"
+    ))?
+    .query_row([client_id], Account::from_row)
+    .optional()?
+    .ok_or_else(|| StoreError::NotFound("The client has no primary account".into()))
 }
 
 /// The client's subaccounts, oldest first.
 pub fn subaccounts_for_client(conn: &Connection, client_id: &str) -> StoreResult<Vec<Account>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT * FROM accounts WHERE client_id = ?1 AND parent_id IS NOT NULL ORDER BY created_at, id",
-    )?;
+    let mut stmt = conn.prepare_cached(concat!(
+        "SELECT ",
+        account_columns!(),
+        " FROM accounts WHERE client_id = ?1 AND parent_id IS NOT NULL ORDER BY created_at, id"
+    ))?;
     let rows = stmt.query_map([client_id], Account::from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }

@@ -21,19 +21,28 @@ pub struct Client {
     pub updated_at: String,
 }
 
+/// The columns [`Client::from_row`] reads, in its order. Read by position: by name, every field
+/// of every row would scan the statement's column names, on the writer's path of every lookup.
+macro_rules! client_columns {
+    () => {
+        "id, platform_client_id, email, first_name, last_name, phone, kyc_status, kyc_notes, created_at, updated_at"
+    };
+}
+
 impl Client {
+    /// A row selected as `client_columns!`.
     fn from_row(r: &Row) -> rusqlite::Result<Client> {
         Ok(Client {
-            id: r.get("id")?,
-            platform_client_id: r.get("platform_client_id")?,
-            email: r.get("email")?,
-            first_name: r.get("first_name")?,
-            last_name: r.get("last_name")?,
-            phone: r.get("phone")?,
-            kyc_status: r.get("kyc_status")?,
-            kyc_notes: r.get("kyc_notes")?,
-            created_at: r.get("created_at")?,
-            updated_at: r.get("updated_at")?,
+            id: r.get(0)?,
+            platform_client_id: r.get(1)?,
+            email: r.get(2)?,
+            first_name: r.get(3)?,
+            last_name: r.get(4)?,
+            phone: r.get(5)?,
+            kyc_status: r.get(6)?,
+            kyc_notes: r.get(7)?,
+            created_at: r.get(8)?,
+            updated_at: r.get(9)?,
         })
     }
 
@@ -71,7 +80,7 @@ pub fn insert(conn: &Connection, email: &Email, platform_id: Option<&str>, conta
 }
 
 pub fn get(conn: &Connection, id: &str) -> StoreResult<Client> {
-    conn.prepare_cached("SELECT * FROM clients WHERE id = ?1")?
+    conn.prepare_cached(concat!("SELECT ", client_columns!(), " FROM clients WHERE id = ?1"))?
         .query_row([id], Client::from_row)
         .optional()?
         .ok_or_else(|| StoreError::NotFound("Client not found".into()))
@@ -79,7 +88,7 @@ pub fn get(conn: &Connection, id: &str) -> StoreResult<Client> {
 
 pub fn find_by_email(conn: &Connection, email: &Email) -> StoreResult<Option<Client>> {
     Ok(conn
-        .prepare_cached("SELECT * FROM clients WHERE email = ?1")?
+        .prepare_cached(concat!("SELECT ", client_columns!(), " FROM clients WHERE email = ?1"))?
         .query_row([email.as_str()], Client::from_row)
         .optional()?)
 }
@@ -90,7 +99,11 @@ pub fn by_email(conn: &Connection, email: &Email) -> StoreResult<Client> {
 
 pub fn find_by_platform_id(conn: &Connection, platform_id: &str) -> StoreResult<Option<Client>> {
     Ok(conn
-        .prepare_cached("SELECT * FROM clients WHERE platform_client_id = ?1")?
+        .prepare_cached(concat!(
+            "SELECT ",
+            client_columns!(),
+            " FROM clients WHERE platform_client_id = ?1"
+        ))?
         .query_row([platform_id], Client::from_row)
         .optional()?)
 }
@@ -156,24 +169,28 @@ fn search_with(
             )?
             .query_row(params![phrase, indexed_max_matches.saturating_add(1)], |r| r.get(0))?;
         if matches <= indexed_max_matches {
-            let mut stmt = conn.prepare_cached(
-                "SELECT * FROM clients
+            let mut stmt = conn.prepare_cached(concat!(
+                "SELECT ",
+                client_columns!(),
+                " FROM clients
                  WHERE rowid IN (SELECT rowid FROM clients_search WHERE clients_search MATCH ?1)
                    AND (?2 IS NULL OR (created_at, id) < (?2, ?3))
-                 ORDER BY created_at DESC, id DESC LIMIT ?4",
-            )?;
+                 ORDER BY created_at DESC, id DESC LIMIT ?4"
+            ))?;
             let rows = stmt.query_map(params![phrase, after_at, after_id, limit], Client::from_row)?;
             return Ok(rows.collect::<Result<_, _>>()?);
         }
     }
     let pattern = term.map(|t| format!("%{}%", t.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
-    let mut stmt = conn.prepare_cached(
-        "SELECT * FROM clients
+    let mut stmt = conn.prepare_cached(concat!(
+        "SELECT ",
+        client_columns!(),
+        " FROM clients
          WHERE (?1 IS NULL OR email LIKE ?1 ESCAPE '\\' OR lower(first_name || ' ' || last_name) LIKE ?1 ESCAPE '\\'
                 OR lower(platform_client_id) LIKE ?1 ESCAPE '\\')
            AND (?2 IS NULL OR (created_at, id) < (?2, ?3))
-         ORDER BY created_at DESC, id DESC LIMIT ?4",
-    )?;
+         ORDER BY created_at DESC, id DESC LIMIT ?4"
+    ))?;
     let rows = stmt.query_map(params![pattern, after_at, after_id, limit], Client::from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
