@@ -157,7 +157,7 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (impl warp::Reply,), Err
     // One line per surface, each boxed, so adding one never changes the others' types. A request
     // is matched against the surfaces in this order, so the Trading Platform's, which carry nearly
     // all the traffic, come first; no two surfaces claim the same path. Each surface tried costs
-    // its boxed future (an allocation and a copy of a few hundred bytes), so the chain is not
+    // its boxed future (an allocation, and a copy of up to a few kilobytes), so the chain is not
     // boxed link by link, and the first two are tried only on requests under their prefix.
     let api = under("api/webhooks")
         .and(webhooks::routes(state.clone()))
