@@ -4,12 +4,13 @@
 // Shared by the `bench` and `scale` examples; each uses only part of it.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::client::{Conn, Response};
-use crate::server::{cpu_seconds, proc_status_kib};
+use crate::server::{cpu_seconds, proc_status_kib, thread_cpu_seconds};
 
 pub enum Limit {
     Count(u64),
@@ -27,6 +28,9 @@ pub struct Phase {
     /// The sequence numbers of successful requests.
     pub acked: Vec<u64>,
     pub server_cpu: f64,
+    /// The server's CPU seconds in the phase by thread name (threads that ended during the
+    /// phase are not counted).
+    pub server_threads: BTreeMap<String, f64>,
     pub generator_cpu: f64,
     pub peak_rss_kib: u64,
 }
@@ -70,6 +74,7 @@ pub async fn drive(
         })
     });
     let cpu_before = (pid.and_then(|p| cpu_seconds(&p.to_string())), cpu_seconds("self"));
+    let threads_before = pid.map(thread_cpu_seconds).unwrap_or_default();
     let started = Instant::now();
     let connections = conns.len();
     let tasks: Vec<_> = conns
@@ -147,6 +152,10 @@ pub async fn drive(
     phase.peak_rss_kib = sampler.and_then(|s| s.join().ok()).unwrap_or(0);
     if let (Some(before), Some(after)) = (cpu_before.0, pid.and_then(|p| cpu_seconds(&p.to_string()))) {
         phase.server_cpu = after - before;
+    }
+    for (tid, (name, after)) in pid.map(thread_cpu_seconds).unwrap_or_default() {
+        let before = threads_before.get(&tid).map_or(0.0, |(_, secs)| *secs);
+        *phase.server_threads.entry(name).or_default() += after - before;
     }
     if let (Some(before), Some(after)) = (cpu_before.1, cpu_seconds("self")) {
         phase.generator_cpu = after - before;

@@ -544,6 +544,25 @@ fn print_report(report: &[(String, Phase)], pid: Option<u32>) {
     }
     println!("(cpu% is of one core; RSS MB is the server's peak VmRSS sampled every 50 ms in that phase;");
     println!(" @N/s: sent at that fixed rate, latency counted from when each request was due)");
+    if pid.is_some() {
+        println!();
+        println!("CPU per request, microseconds: the server's by thread, and the generator's");
+        for (name, p) in report {
+            let per = |secs: f64| 1e6 * secs / p.micros.len().max(1) as f64;
+            let threads: Vec<String> = p
+                .server_threads
+                .iter()
+                .filter(|(_, secs)| per(**secs) >= 0.5)
+                .map(|(thread, secs)| format!("{thread} {:.1}", per(*secs)))
+                .collect();
+            println!(
+                "  {name:<28} server {:.1} ({}); generator {:.1}",
+                per(p.server_cpu),
+                threads.join(", "),
+                per(p.generator_cpu)
+            );
+        }
+    }
 }
 
 fn print_machine(args: &Args, target: &Target) {

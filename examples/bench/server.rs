@@ -3,6 +3,7 @@
 // Shared by the `bench` and `scale` examples; each uses only part of it.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -158,7 +159,27 @@ pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
-/// User plus system CPU time of a process (`"self"` for this one), in seconds.
+/// User plus system CPU time of each thread of a process, in seconds, by thread id, with the
+/// thread's name: where a server spends its CPU (the writer, the HTTP workers, the WAL sync...).
+pub fn thread_cpu_seconds(pid: u32) -> BTreeMap<u32, (String, f64)> {
+    let mut threads = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return threads;
+    };
+    for task in tasks.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if let Some(secs) = cpu_seconds(&format!("{pid}/task/{tid}")) {
+            threads.insert(tid, (name.trim().to_string(), secs));
+        }
+    }
+    threads
+}
+
+/// User plus system CPU time of a process (`"self"` for this one, `"<pid>/task/<tid>"` for one
+/// thread), in seconds.
 pub fn cpu_seconds(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
