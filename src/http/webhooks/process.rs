@@ -66,6 +66,8 @@ struct Keys {
     /// `id:<event id>`, else `tx:<transactionId>` for money events, else `body:<sha256 of body>`.
     dedupe: String,
     transaction_id: Option<String>,
+    /// `tx:<transactionId>` for a money event.
+    transaction_claim: Option<String>,
     /// What the event claims once processed: its deduplication key and, for a money event that
     /// also has an event id, `tx:<transactionId>`, so a transaction is on the books once whatever
     /// event id it comes with.
@@ -78,18 +80,19 @@ struct Keys {
 impl Keys {
     fn of(event: &Event, raw: &[u8]) -> Keys {
         let transaction_id = event.action.transaction_id().map(str::to_string);
-        let by_transaction = transaction_id.as_ref().map(|tx| format!("tx:{tx}"));
-        let dedupe = match (&event.id, &by_transaction) {
+        let transaction_claim = transaction_id.as_ref().map(|tx| format!("tx:{tx}"));
+        let dedupe = match (&event.id, &transaction_claim) {
             (Some(id), _) => format!("id:{id}"),
             (None, Some(tx)) => tx.clone(),
             (None, None) => format!("body:{}", sha256_hex(raw)),
         };
         let mut claims = vec![dedupe.clone()];
-        claims.extend(by_transaction.filter(|tx| *tx != dedupe));
+        claims.extend(transaction_claim.clone().filter(|tx| *tx != dedupe));
         let content = sha256_hex(content_of(event).as_bytes());
         Keys {
             dedupe,
             transaction_id,
+            transaction_claim,
             claims,
             content,
         }
@@ -166,7 +169,7 @@ fn apply(tx: &Connection, d: &Delivery, event: &Event, keys: &Keys, attempt_id: 
     if let Some(prior) = webhooks::find_processed(tx, &keys.claims)? {
         if prior.content_hash != keys.content {
             return Err(StoreError::Conflict(match &keys.transaction_id {
-                Some(t) if prior.claim == format!("tx:{t}") => {
+                Some(t) if keys.transaction_claim.as_ref() == Some(&prior.claim) => {
                     format!("transactionId {t} was already used by a different event")
                 }
                 _ => format!("Event {} was already received with different content", prior.claim),
