@@ -227,7 +227,7 @@ fn a_backup_is_taken_before_migrating_an_existing_database() {
     let latest: i64 = conn
         .query_row("SELECT MAX(version) FROM refinery_schema_history", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(latest, 6, "update this test when a migration is added");
+    assert_eq!(latest, 7, "update this test when a migration is added");
     conn.execute(
         "INSERT INTO clients (id, email, first_name, last_name, created_at, updated_at)
          VALUES ('c1', 'early.bird@example.com', 'Early', 'Bird', '2025-01-01T00:00:00.000Z', '2025-01-01T00:00:00.000Z')",
@@ -243,7 +243,8 @@ fn a_backup_is_taken_before_migrating_an_existing_database() {
              content_hash TEXT NOT NULL, event_id TEXT NOT NULL REFERENCES webhook_events (id),
              processed_at TEXT NOT NULL);
          DROP TABLE audit_targets; DROP TABLE audit_index_progress; DROP INDEX audit_kyc_by_target;
-         CREATE INDEX audit_by_target ON audit_log (target, seq);",
+         CREATE INDEX audit_by_target ON audit_log (target, seq);
+         ALTER TABLE staff_users DROP COLUMN session_generation;",
     )
     .unwrap();
     drop(conn);
@@ -450,7 +451,7 @@ async fn doctor_says_when_a_previous_jwt_secret_was_last_used() {
         })
         .unwrap();
     let (old_token, _) =
-        crm::security::tokens::issue_staff(old_secret.as_bytes(), &admin_id, crm::domain::Role::Admin).unwrap();
+        crm::security::tokens::issue_staff(old_secret.as_bytes(), &admin_id, crm::domain::Role::Admin, 0).unwrap();
     let body = serde_json::json!({ "email": "rotation@broker.example", "name": "R", "role": "agent" });
     let (status, created) = app
         .staff(reqwest::Method::POST, "/api/staff", &old_token, Some(body))

@@ -111,7 +111,7 @@ fn staff_token(app: &TestApp, db: &Db, role: Role) -> String {
     let user = db
         .write_sync(|tx| staff::insert(tx, &Email::parse(&email)?, "Staff", role, "not-a-hash"))
         .unwrap();
-    crm::security::tokens::issue_staff(app.secrets.jwt.as_bytes(), &user.id, role)
+    crm::security::tokens::issue_staff(app.secrets.jwt.as_bytes(), &user.id, role, user.session_generation)
         .unwrap()
         .0
 }

@@ -174,14 +174,7 @@ async fn a_password_change_ends_earlier_sessions_and_keeps_the_new_one() {
     let app = spawn_app();
     let (_, login) = app.login_as(&app.admin_email, &app.admin_password).await;
     let id = login["user"]["id"].as_str().unwrap();
-    // A session from ten seconds ago, made the way the server makes them: it must end. The
-    // admin was created seconds ago, so its password is first dated back to before that session.
-    app.sqlite()
-        .execute(
-            "UPDATE staff_users SET password_changed_at = '2020-01-01T00:00:00.000Z' WHERE id = ?1",
-            [id],
-        )
-        .unwrap();
+    // A session from ten seconds ago, made the way the server makes them: it must end.
     let now = now_secs();
     let earlier = jwt(
         &hs256_header(),
@@ -218,7 +211,7 @@ async fn a_password_change_ends_earlier_sessions_and_keeps_the_new_one() {
     assert_eq!(status, 200, "{body}");
     let fresh = body["token"].as_str().unwrap();
     assert_eq!(app.staff(Method::GET, "/api/auth/me", &earlier, None).await.0, 401);
-    // Issued in the same second as the change, and still valid.
+    // Issued in the same second as the change, and valid.
     assert_eq!(app.staff(Method::GET, "/api/auth/me", fresh, None).await.0, 200);
     assert_eq!(app.login_as(&app.admin_email, &app.admin_password).await.0, 401);
     let (status, body) = app.login_as(&app.admin_email, "a new long password").await;
@@ -1087,4 +1080,59 @@ async fn an_admin_cannot_disable_or_demote_themselves() {
         .filter(|r| r.2 == "failure")
         .count();
     assert_eq!(failures, 4);
+}
+
+/// Undoing the change that ended a session does not bring the session back: re-enabling a user
+/// or giving back their role leaves every token issued before the change refused, while a new
+/// login works, and a change to the same value ends nothing.
+#[tokio::test]
+async fn ended_sessions_stay_ended_when_the_change_is_undone() {
+    let app = spawn_app();
+    let admin = app.admin_token().await;
+    let (id, _) = staff_user(&app, &admin, "undo@broker.example", "agent").await;
+    let patch = |body: Value| {
+        let (app, admin, path) = (&app, &admin, format!("/api/staff/{id}"));
+        async move {
+            let (status, resp) = app.staff(Method::PATCH, &path, admin, Some(body)).await;
+            assert_eq!(status, 200, "{resp}");
+        }
+    };
+    let me = |token: String| {
+        let app = &app;
+        async move { app.staff(Method::GET, "/api/auth/me", &token, None).await.0 }
+    };
+    let (status, body) = app.login_as("undo@broker.example", PASSWORD).await;
+    assert_eq!(status, 200);
+    let before_disabling = body["token"].as_str().unwrap().to_string();
+    patch(json!({ "disabled": false })).await;
+    assert_eq!(
+        me(before_disabling.clone()).await,
+        200,
+        "already enabled: nothing ended"
+    );
+    patch(json!({ "role": "agent" })).await;
+    assert_eq!(me(before_disabling.clone()).await, 200, "the same role: nothing ended");
+
+    patch(json!({ "disabled": true })).await;
+    assert_eq!(me(before_disabling.clone()).await, 401);
+    patch(json!({ "disabled": false })).await;
+    assert_eq!(
+        me(before_disabling).await,
+        401,
+        "re-enabled, the old session stays ended"
+    );
+
+    let (_, body) = app.login_as("undo@broker.example", PASSWORD).await;
+    let before_role_change = body["token"].as_str().unwrap().to_string();
+    assert_eq!(me(before_role_change.clone()).await, 200);
+    patch(json!({ "role": "manager" })).await;
+    patch(json!({ "role": "agent" })).await;
+    assert_eq!(
+        me(before_role_change).await,
+        401,
+        "the role given back, the old session stays ended"
+    );
+    let (status, body) = app.login_as("undo@broker.example", PASSWORD).await;
+    assert_eq!(status, 200);
+    assert_eq!(me(body["token"].as_str().unwrap().to_string()).await, 200);
 }

@@ -154,7 +154,7 @@ async fn change_password(
 
 /// `{"token", "expiresIn", "user"}` with a freshly issued staff token.
 fn session_reply(state: &AppState, user: &StaffUser) -> Result<warp::reply::Response, ApiError> {
-    let (token, claims) = tokens::issue_staff(state.secrets.jwt.bytes(), &user.id, user.role)?;
+    let (token, claims) = tokens::issue_staff(state.secrets.jwt.bytes(), &user.id, user.role, user.session_generation)?;
     let body = json!({ "token": token, "expiresIn": claims.exp - claims.iat, "user": UserView::from(user) });
     Ok(warp::reply::json(&body).into_response())
 }

@@ -22,6 +22,9 @@ pub struct StaffClaims {
     pub exp: i64,
     pub iss: String,
     pub typ: String,
+    /// The user's session generation when the token was issued (see `staff::set_role` and the
+    /// others that move it on); required, so tokens from before it existed are refused.
+    pub gen: i64,
 }
 
 /// The guide's SSO payload, exactly: `{clientEmail, impersonatedBy, iat, exp}`.
@@ -38,7 +41,12 @@ fn now_secs() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-pub fn issue_staff(secret: &[u8], staff_id: &str, role: Role) -> anyhow::Result<(String, StaffClaims)> {
+pub fn issue_staff(
+    secret: &[u8],
+    staff_id: &str,
+    role: Role,
+    generation: i64,
+) -> anyhow::Result<(String, StaffClaims)> {
     let iat = now_secs();
     let claims = StaffClaims {
         sub: staff_id.to_string(),
@@ -47,6 +55,7 @@ pub fn issue_staff(secret: &[u8], staff_id: &str, role: Role) -> anyhow::Result<
         exp: iat + STAFF_TTL_SECS,
         iss: STAFF_ISSUER.into(),
         typ: STAFF_TYPE.into(),
+        gen: generation,
     };
     let token = encode(
         &Header::new(Algorithm::HS256),
@@ -103,7 +112,7 @@ mod tests {
 
     #[test]
     fn staff_tokens_round_trip_with_current_or_previous_secret() {
-        let (token, _) = issue_staff(b"old", "u1", Role::Admin).unwrap();
+        let (token, _) = issue_staff(b"old", "u1", Role::Admin, 0).unwrap();
         assert_eq!(verify_staff(&token, &[b"old"]).unwrap().sub, "u1");
         assert_eq!(verify_staff(&token, &[b"new", b"old"]).unwrap().role, Role::Admin);
         assert!(verify_staff(&token, &[b"new"]).is_none());
@@ -113,7 +122,7 @@ mod tests {
     fn an_sso_token_is_never_a_staff_token_even_with_the_same_secret() {
         let (sso, _) = issue_sso(b"same", "c@example.com", "admin@example.com").unwrap();
         assert!(verify_staff(&sso, &[b"same"]).is_none());
-        let (staff, _) = issue_staff(b"same", "u1", Role::Admin).unwrap();
+        let (staff, _) = issue_staff(b"same", "u1", Role::Admin, 0).unwrap();
         assert!(verify_sso(&staff, b"same").is_none());
     }
 
@@ -135,7 +144,7 @@ mod tests {
         let now = now_secs();
         let body = base64_encode(
             format!(
-                r#"{{"sub":"u1","role":"admin","iat":{now},"exp":{},"iss":"crm","typ":"staff"}}"#,
+                r#"{{"sub":"u1","role":"admin","iat":{now},"exp":{},"iss":"crm","typ":"staff","gen":0}}"#,
                 now + 60
             )
             .as_bytes(),
@@ -148,6 +157,7 @@ mod tests {
             exp: now - 1,
             iss: STAFF_ISSUER.into(),
             typ: STAFF_TYPE.into(),
+            gen: 0,
         };
         let token = encode(
             &Header::new(Algorithm::HS256),

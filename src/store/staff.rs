@@ -17,6 +17,10 @@ pub struct StaffUser {
     #[serde(skip)]
     pub password_hash: String,
     pub password_changed_at: String,
+    /// Moved on by every change that ends the user's sessions; a staff token is valid only while
+    /// it carries the current one (migration V7).
+    #[serde(skip)]
+    pub session_generation: i64,
     pub created_at: String,
 }
 
@@ -33,6 +37,7 @@ impl StaffUser {
             disabled: r.get("disabled")?,
             password_hash: r.get("password_hash")?,
             password_changed_at: r.get("password_changed_at")?,
+            session_generation: r.get("session_generation")?,
             created_at: r.get("created_at")?,
         })
     }
@@ -80,22 +85,35 @@ pub fn count(conn: &Connection) -> StoreResult<i64> {
         .query_row([], |r| r.get(0))?)
 }
 
+/// Disables or re-enables the user; either way, a change ends their sessions.
 pub fn set_disabled(conn: &Connection, id: &str, disabled: bool) -> StoreResult<StaffUser> {
-    conn.prepare_cached("UPDATE staff_users SET disabled = ?2, updated_at = ?3 WHERE id = ?1")?
-        .execute(params![id, disabled, now()])?;
+    conn.prepare_cached(
+        "UPDATE staff_users SET disabled = ?2, updated_at = ?3,
+                session_generation = session_generation + (disabled IS NOT ?2)
+         WHERE id = ?1",
+    )?
+    .execute(params![id, disabled, now()])?;
     get(conn, id)
 }
 
+/// A new role ends the user's sessions.
 pub fn set_role(conn: &Connection, id: &str, role: Role) -> StoreResult<StaffUser> {
-    conn.prepare_cached("UPDATE staff_users SET role = ?2, updated_at = ?3 WHERE id = ?1")?
-        .execute(params![id, role.as_str(), now()])?;
+    conn.prepare_cached(
+        "UPDATE staff_users SET role = ?2, updated_at = ?3,
+                session_generation = session_generation + (role IS NOT ?2)
+         WHERE id = ?1",
+    )?
+    .execute(params![id, role.as_str(), now()])?;
     get(conn, id)
 }
 
+/// A new password (changed by the user or reset) ends the user's sessions.
 pub fn set_password_hash(conn: &Connection, id: &str, hash: &str) -> StoreResult<StaffUser> {
     let at = now();
     conn.prepare_cached(
-        "UPDATE staff_users SET password_hash = ?2, password_changed_at = ?3, updated_at = ?3 WHERE id = ?1",
+        "UPDATE staff_users SET password_hash = ?2, password_changed_at = ?3, updated_at = ?3,
+                session_generation = session_generation + 1
+         WHERE id = ?1",
     )?
     .execute(params![id, hash, at])?;
     get(conn, id)

@@ -103,9 +103,10 @@ pub fn jwt(header: &Value, claims: &Value, secret: &[u8]) -> String {
     format!("{input}.{sig}")
 }
 
-/// Staff claims as the server issues them.
+/// Staff claims as the server issues them, for a user whose sessions were never ended
+/// (session generation 0).
 pub fn staff_claims(sub: &str, role: &str, iat: i64, exp: i64) -> Value {
-    json!({ "sub": sub, "role": role, "iat": iat, "exp": exp, "iss": "crm", "typ": "staff" })
+    json!({ "sub": sub, "role": role, "iat": iat, "exp": exp, "iss": "crm", "typ": "staff", "gen": 0 })
 }
 
 pub fn hs256_header() -> Value {

@@ -116,11 +116,15 @@ pub fn staff_token(app: &TestApp, role: Role) -> String {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         email
     };
-    let id: String = app
+    let (id, generation): (String, i64) = app
         .sqlite()
-        .query_row("SELECT id FROM staff_users WHERE email = ?1", [&email], |r| r.get(0))
+        .query_row(
+            "SELECT id, session_generation FROM staff_users WHERE email = ?1",
+            [&email],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .unwrap();
-    crm::security::tokens::issue_staff(app.secrets.jwt.as_bytes(), &id, role)
+    crm::security::tokens::issue_staff(app.secrets.jwt.as_bytes(), &id, role, generation)
         .unwrap()
         .0
 }

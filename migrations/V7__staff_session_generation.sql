@@ -1,0 +1,12 @@
+-- Which of a staff user's sessions are still valid.
+--
+-- A staff token carries the generation its user had when it was issued, and is accepted only
+-- while the user still has it. Disabling or re-enabling the user, changing their role and
+-- changing or resetting their password each move the generation on, so every session issued
+-- before stays ended even when the change is undone (comparing the token's role with the user's,
+-- and its issue time with the password's, let an old token work again once a user was re-enabled
+-- or given their old role back).
+--
+-- Tokens issued before this migration carry no generation and are refused: staff log in once more
+-- after the upgrade.
+ALTER TABLE staff_users ADD COLUMN session_generation INTEGER NOT NULL DEFAULT 0;
