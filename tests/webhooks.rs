@@ -478,12 +478,6 @@ async fn bad_deposits_are_refused_and_change_nothing() {
         ),
         (with("amount", json!(null)), 400, "amount", "null"),
         (without("amount"), 400, "amount", "missing amount"),
-        (
-            without("transactionId"),
-            400,
-            "transactionId",
-            "money needs its transaction id",
-        ),
         (with("currency", json!("EUR")), 400, "currency", "the account is in USD"),
         (
             with("currency", json!("DOLLARS")),
@@ -949,6 +943,52 @@ async fn a_deposit_with_an_event_id_claims_both_its_event_id_and_its_transaction
         statuses(&app)[1..],
         ["processed", "duplicate", "duplicate", "conflict", "conflict"].map(String::from)
     );
+}
+
+/// `transactionId` is optional (SPEC): a deposit without one is booked, with no external
+/// reference, and deduplicated by its event `id` (a retry with a new timestamp is a duplicate),
+/// else by its exact body.
+#[tokio::test]
+async fn a_deposit_without_a_transaction_id_is_booked_and_deduplicated_by_its_id_or_its_body() {
+    let app = spawn_app();
+    app.register("n@example.com").await;
+    let with_id = |timestamp: &str, amount: &str| {
+        json!({ "id": "evt-dep-1", "event": "deposit.completed", "timestamp": timestamp,
+                "data": { "email": "n@example.com", "amount": amount } })
+    };
+    assert_eq!(
+        app.post_webhook(&with_id("2025-10-13T19:00:00Z", "10")).await.1["status"],
+        "processed"
+    );
+    assert_eq!(
+        app.post_webhook(&with_id("2025-10-13T19:05:00Z", "10.00")).await.1["status"],
+        "duplicate",
+        "the same event id and movement, retried later"
+    );
+    assert_eq!(
+        app.post_webhook(&with_id("2025-10-13T19:05:00Z", "11")).await.0,
+        409,
+        "the same event id, another amount"
+    );
+    let raw = br#"{"event":"deposit.completed","data":{"email":"n@example.com","amount":"5"},"timestamp":"2025-10-13T19:00:00Z"}"#;
+    let sig = sign(&app.secrets.webhook, raw);
+    assert_eq!(app.post_webhook_raw(raw, Some(&sig)).await.1["status"], "processed");
+    assert_eq!(app.post_webhook_raw(raw, Some(&sig)).await.1["status"], "duplicate");
+    assert!(last_attempt(&app)["dedupeKey"].as_str().unwrap().starts_with("body:"));
+
+    assert_eq!(balances(&app, "n@example.com").0, "15.00");
+    let ledger: Vec<(Option<String>, String)> = app
+        .sqlite()
+        .prepare("SELECT external_ref, notes FROM ledger_entries ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let plain = (None, "Trading Platform deposit".to_string());
+    assert_eq!(ledger, [plain.clone(), plain]);
+    let verify = app.crm(&["verify"]);
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
 }
 
 #[tokio::test]

@@ -165,9 +165,12 @@ fn move_money(tx: &Connection, m: &Movement, reason: Reason, ctx: &Ctx) -> Store
         fund: FundType::Real,
         amount,
         reason,
-        notes: format!("Trading Platform {} {}", reason.as_str(), m.transaction_id),
+        notes: match &m.transaction_id {
+            Some(tx) => format!("Trading Platform {} {tx}", reason.as_str()),
+            None => format!("Trading Platform {}", reason.as_str()),
+        },
         actor: actors::WEBHOOK.to_string(),
-        external_ref: Some(m.transaction_id.clone()),
+        external_ref: m.transaction_id.clone(),
     };
     let audit = ctx
         .audit(action, audit::target("account", &account.id))

@@ -73,17 +73,18 @@ pub enum Action {
 }
 
 impl Action {
-    /// Money events carry the platform's transaction id; it is their ledger reference.
+    /// The platform's transaction id of a money event, when it gave one: the ledger reference,
+    /// and what makes a retry of the event a duplicate whatever else changed.
     pub fn transaction_id(&self) -> Option<&str> {
         match self {
-            Action::Deposit(m) | Action::Withdraw(m) => Some(&m.transaction_id),
+            Action::Deposit(m) | Action::Withdraw(m) => m.transaction_id.as_deref(),
             _ => None,
         }
     }
 
     /// A deposit or withdrawal: its one effect is a balance change, audited as such.
     pub fn moves_money(&self) -> bool {
-        self.transaction_id().is_some()
+        matches!(self, Action::Deposit(_) | Action::Withdraw(_))
     }
 
     pub fn client(&self) -> ClientRef {
@@ -121,7 +122,8 @@ pub struct Movement {
     /// Always positive: the event says which way it moves.
     pub amount: Money,
     pub currency: Option<String>,
-    pub transaction_id: String,
+    /// Optional (SPEC); without it the event is deduplicated by its `id`, else its exact body.
+    pub transaction_id: Option<String>,
     pub account_id: Option<String>,
 }
 
@@ -243,7 +245,7 @@ struct MoneyData {
     client_id: Option<Reference>,
     amount: Positive,
     currency: Option<Currency>,
-    transaction_id: Reference,
+    transaction_id: Option<Reference>,
     account_id: Option<AccountRef>,
 }
 
@@ -254,7 +256,7 @@ impl TryFrom<MoneyData> for Movement {
             who: who(d.email, d.client_id)?,
             amount: d.amount.0,
             currency: d.currency.map(|c| c.0),
-            transaction_id: d.transaction_id.0,
+            transaction_id: d.transaction_id.map(|t| t.0),
             account_id: d.account_id.map(|a| a.0),
         })
     }

@@ -66,7 +66,7 @@ struct Keys {
     /// `id:<event id>`, else `tx:<transactionId>` for money events, else `body:<sha256 of body>`.
     dedupe: String,
     transaction_id: Option<String>,
-    /// `tx:<transactionId>` for a money event.
+    /// `tx:<transactionId>` for a money event that has one.
     transaction_claim: Option<String>,
     /// What the event claims once processed: its deduplication key and, for a money event that
     /// also has an event id, `tx:<transactionId>`, so a transaction is on the books once whatever
@@ -112,7 +112,7 @@ fn content_of(event: &Event) -> String {
             m.account_id.as_deref().unwrap_or(""),
             m.amount.atoms(),
             m.currency.as_deref().unwrap_or("").to_ascii_uppercase(),
-            m.transaction_id,
+            m.transaction_id.as_deref().unwrap_or(""),
         ),
         _ => format!("{}\n{}", event.name.as_str(), event.data),
     }
