@@ -49,7 +49,7 @@ pub enum Command {
     Secrets(SecretsCommand),
     /// Write a consistent snapshot of the database to one file (safe while `serve` runs).
     Backup {
-        /// Where to write it (default: crm-backup-<time>.db beside the database)
+        /// Where to write it; a file there is replaced (default: crm-backup-<time>.db in the backup folder, `backups/` beside the database unless configured)
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },

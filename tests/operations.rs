@@ -177,6 +177,56 @@ async fn a_backup_is_one_consistent_file_and_restoring_it_is_a_copy() {
     assert!(restored.crm(&["verify"]).status.success());
 }
 
+/// `verify`, `backup` and `doctor` refuse a path that names no database rather than create an
+/// empty one there and report it healthy; and a backup is never written over the live database
+/// or its WAL, however the path is spelled.
+#[tokio::test]
+async fn checks_and_backups_refuse_a_missing_database_and_never_overwrite_the_live_one() {
+    let app = spawn_app();
+    let typo = app.dir.path().join("typo").join("crn.db");
+    for command in [&["verify"][..], &["backup"], &["doctor"]] {
+        let mut args = command.to_vec();
+        args.extend(["--database", typo.to_str().unwrap()]);
+        let out = app.crm(&args);
+        assert!(!out.status.success(), "{command:?}: {}", stdout(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("there is no database at"), "{command:?}: {err}");
+        assert!(
+            !typo.exists() && !typo.parent().unwrap().exists(),
+            "{command:?} created it"
+        );
+    }
+
+    app.register("kept@example.com").await;
+    let database = app.dir.path().join("crm.db");
+    let spellings = [
+        database.clone(),
+        app.dir.path().join(".").join("crm.db"),
+        app.dir.path().join("crm.db-wal"),
+        "crm.db".into(),
+    ];
+    for out_path in spellings {
+        let out = app.crm(&["backup", "--out", out_path.to_str().unwrap()]);
+        assert!(!out.status.success(), "{}: {}", out_path.display(), stdout(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("is the database itself"), "{err}");
+    }
+    // The server still writes to the file it opened, and that is still the database.
+    app.register("later@example.com").await;
+    let clients: i64 = app
+        .sqlite()
+        .query_row("SELECT COUNT(*) FROM clients", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(clients, 2);
+
+    // Another existing file is replaced by the complete snapshot.
+    let older = app.dir.path().join("nightly.db");
+    std::fs::write(&older, b"yesterday").unwrap();
+    let out = app.crm(&["backup", "--out", older.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(integrity_ok(&older));
+}
+
 #[tokio::test]
 async fn serve_writes_scheduled_backups_and_keeps_only_the_newest() {
     let app = spawn_with(

@@ -36,7 +36,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Backup { out } => {
             let settings = Settings::load(&flags)?;
-            let path = with_db(&settings, |db| {
+            let path = with_existing_db(&settings, |db| {
                 crate::ops::backup::run(db, out.as_deref(), &settings.backup_dir)
             })?;
             println!("backup written to {}", path.display());
@@ -44,7 +44,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Verify { full } => {
             let depth = if full { Depth::Full } else { Depth::Quick };
-            let report = with_db(&Settings::load(&flags)?, |db| crate::ops::verify::run(db, depth))?;
+            let report = with_existing_db(&Settings::load(&flags)?, |db| crate::ops::verify::run(db, depth))?;
             print!("{report}");
             Ok(if report.ok() {
                 ExitCode::SUCCESS
@@ -54,7 +54,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Doctor => {
             let settings = Settings::load(&flags)?;
-            let report = with_db(&settings, |db| crate::ops::doctor::run(&settings, db))?;
+            let report = with_existing_db(&settings, |db| crate::ops::doctor::run(&settings, db))?;
             print!("{report}");
             Ok(if report.failed() {
                 ExitCode::FAILURE
@@ -65,7 +65,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Opens the database, runs `command` on it and closes it (see [`Db::close`]): with no server
+/// [`with_db`] for the commands that check or copy a database: a path that names no database is
+/// a mistake (a typo in a cron job), and creating an empty one there would pass every check.
+fn with_existing_db<T>(settings: &Settings, command: impl FnOnce(&Db) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    if !settings.database.is_file() {
+        anyhow::bail!(
+            "there is no database at {} (check --database, CRM_DATABASE or crm.toml; `crm serve` and `crm migrate` create one)",
+            settings.database.display()
+        );
+    }
+    with_db(settings, command)
+}
+
+/// Opens the database (creating it if needed), runs `command` on it and closes it (see [`Db::close`]): with no server
 /// running, the command's writes are then in `crm.db` itself, not left in its WAL.
 fn with_db<T>(settings: &Settings, command: impl FnOnce(&Db) -> anyhow::Result<T>) -> anyhow::Result<T> {
     let db = Db::open(&settings.database)?;

@@ -8,7 +8,11 @@ use crate::store::{snapshot_into, Db, StoreError};
 
 const PREFIX: &str = "crm-backup-";
 
-/// Writes a snapshot to `out`, or to `crm-backup-<time>.db` in `dir`.
+/// Writes a snapshot to `out`, or to `crm-backup-<time>.db` in `dir`. A file already at `out`
+/// is replaced once the snapshot is complete, unless it is the database itself or one of its
+/// WAL, shared-memory or journal files: moving a snapshot over the live database would leave a
+/// running server writing to a file nobody reads any more, and what it acknowledged meanwhile
+/// would be lost.
 pub fn run(db: &Db, out: Option<&Path>, dir: &Path) -> anyhow::Result<PathBuf> {
     let target = match out {
         Some(p) => p.to_path_buf(),
@@ -17,8 +21,42 @@ pub fn run(db: &Db, out: Option<&Path>, dir: &Path) -> anyhow::Result<PathBuf> {
             chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
         )),
     };
+    if is_part_of(&target, db.path()) {
+        anyhow::bail!(
+            "{} is the database itself (or one of its files); give the backup another path",
+            target.display()
+        );
+    }
     db.read_sync(|conn| snapshot_into(conn, &target).map_err(StoreError::Other))?;
     Ok(target)
+}
+
+/// Whether `target` names the database at `database` or its `-wal`, `-shm` or `-journal` file,
+/// however either path is spelled (relative, through a symbolic link, with `..`).
+fn is_part_of(target: &Path, database: &Path) -> bool {
+    let (Some(target), Some(database)) = (resolved(target), resolved(database)) else {
+        return false;
+    };
+    let mut files = vec![database.clone()];
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut name = database.clone().into_os_string();
+        name.push(suffix);
+        files.push(PathBuf::from(name));
+    }
+    files.contains(&target)
+}
+
+/// The path with its folder resolved (the file itself need not exist yet).
+fn resolved(path: &Path) -> Option<PathBuf> {
+    if let Ok(full) = path.canonicalize() {
+        return Some(full);
+    }
+    let name = path.file_name()?;
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.canonicalize().ok()?,
+        _ => std::env::current_dir().ok()?,
+    };
+    Some(folder.join(name))
 }
 
 /// The scheduled backups in `dir`, newest first.
