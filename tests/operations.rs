@@ -69,6 +69,93 @@ async fn verify_fails_when_an_audit_row_is_deleted() {
     assert!(!out.status.success(), "{}", stdout(&out));
 }
 
+/// Rows cut from the end of the audit log leave an intact chain behind; SQLite's record of the
+/// highest `seq` given out shows them, and so for the ledger.
+#[tokio::test]
+async fn verify_fails_when_the_newest_audit_rows_or_ledger_entries_are_deleted() {
+    let app = spawn_app();
+    app.register("tail@example.com").await;
+    app.deposit("tail@example.com", "10", "T-1").await;
+    app.deposit("tail@example.com", "5", "T-2").await;
+    assert!(app.crm(&["verify"]).status.success());
+    let check = "FAIL  no ledger entry or audit row deleted from the end";
+
+    let copy = app.dir.path().join("copy.db");
+    app.sqlite()
+        .execute("VACUUM INTO ?1", [copy.to_str().unwrap()])
+        .unwrap();
+    let verify_copy = || app.crm(&["verify", "--database", copy.to_str().unwrap()]);
+    let conn = rusqlite::Connection::open(&copy).unwrap();
+    conn.execute_batch(
+        "DROP TRIGGER audit_log_no_delete;
+         DELETE FROM audit_log WHERE seq = (SELECT max(seq) FROM audit_log);",
+    )
+    .unwrap();
+    let out = verify_copy();
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(stdout(&out).contains(check), "{}", stdout(&out));
+    assert!(stdout(&out).contains("ok    audit log hash chain"), "{}", stdout(&out));
+
+    // The last deposit taken out of the ledger and off the balance: the totals agree.
+    let conn = app.sqlite();
+    conn.execute_batch(
+        "DELETE FROM ledger_entries WHERE seq = (SELECT max(seq) FROM ledger_entries);
+         UPDATE accounts SET real_balance = real_balance - 500000000;",
+    )
+    .unwrap();
+    let out = app.crm(&["verify"]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("ledger_entries: rows up to seq 2 were written"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("ok    every balance equals the sum of its ledger entries"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+/// Each entry's `balance_after` must be its fund's balance after the entries before it: an
+/// edited one, or an entry taken out of the middle with the balance made to agree, fails.
+#[tokio::test]
+async fn verify_fails_when_a_ledger_entry_does_not_follow_from_the_ones_before() {
+    let app = spawn_app();
+    app.register("run@example.com").await;
+    for (amount, tx) in [("10", "R-1"), ("5", "R-2"), ("1", "R-3")] {
+        assert_eq!(app.deposit("run@example.com", amount, tx).await.0, 200);
+    }
+    assert_eq!(app.withdraw("run@example.com", "2", "R-4").await.0, 200);
+    assert!(app.crm(&["verify"]).status.success());
+    let check = "FAIL  every ledger entry's balance_after follows from the entries before it";
+    let conn = app.sqlite();
+    for (damage, undo, named) in [
+        (
+            "UPDATE ledger_entries SET balance_after = balance_after + 1 WHERE seq = 2",
+            "UPDATE ledger_entries SET balance_after = balance_after - 1 WHERE seq = 2",
+            "ledger entry seq 2 ",
+        ),
+        (
+            "CREATE TABLE kept AS SELECT * FROM ledger_entries WHERE seq = 2;
+             DELETE FROM ledger_entries WHERE seq = 2;
+             UPDATE accounts SET real_balance = real_balance - 500000000;",
+            "INSERT INTO ledger_entries SELECT * FROM kept; DROP TABLE kept;
+             UPDATE accounts SET real_balance = real_balance + 500000000;",
+            "ledger entry seq 3 ",
+        ),
+    ] {
+        conn.execute_batch(damage).unwrap();
+        let out = app.crm(&["verify"]);
+        assert!(!out.status.success(), "{damage}: {}", stdout(&out));
+        assert!(stdout(&out).contains(check), "{damage}: {}", stdout(&out));
+        assert!(stdout(&out).contains(named), "{damage}: {}", stdout(&out));
+        conn.execute_batch(undo).unwrap();
+        let out = app.crm(&["verify"]);
+        assert!(out.status.success(), "{undo}: {}", stdout(&out));
+    }
+}
+
 #[tokio::test]
 async fn the_audit_log_refuses_edits_through_sql() {
     let app = spawn_app();

@@ -137,11 +137,35 @@ fn books(conn: &Connection) -> StoreResult<Vec<(&'static str, Vec<String>)>> {
             Ok(format!("account {} has a negative fund", r.get::<_, String>(0)?))
         })?
         .collect::<Result<_, _>>()?;
+    let mut truncated = Vec::new();
+    for table in ["ledger_entries", "audit_log"] {
+        truncated.extend(newest_rows_missing(conn, table)?);
+    }
     Ok(vec![
         ("foreign keys", fk),
         ("every balance equals the sum of its ledger entries", ledger.mismatches),
+        (
+            "every ledger entry's balance_after follows from the entries before it",
+            ledger.running,
+        ),
         ("no negative funds", negative),
+        ("no ledger entry or audit row deleted from the end", truncated),
     ])
+}
+
+/// The ledger and the audit log are append-only, and SQLite keeps the highest `seq` each has
+/// ever given out (`AUTOINCREMENT`, rolled back with a transaction that rolls back): rows cut
+/// from the end leave that number above the newest row. The hash chain cannot show it, since
+/// what is left of the chain is intact.
+fn newest_rows_missing(conn: &Connection, table: &str) -> StoreResult<Option<String>> {
+    let (given, newest): (Option<i64>, Option<i64>) = conn.query_row(
+        &format!("SELECT (SELECT seq FROM sqlite_sequence WHERE name = ?1), (SELECT max(seq) FROM {table})"),
+        [table],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let (given, newest) = (given.unwrap_or(0), newest.unwrap_or(0));
+    Ok((given > newest)
+        .then(|| format!("{table}: rows up to seq {given} were written but the newest left is seq {newest}")))
 }
 
 /// `PRAGMA foreign_key_check` on every table but the ledger, whose one foreign key (its account)

@@ -313,9 +313,15 @@ pub fn ledger_for_client(conn: &Connection, client_id: &str, limit: u32) -> Stor
 pub struct LedgerCheck {
     /// Accounts whose stored balance differs from the sum of their ledger entries, per fund.
     pub mismatches: Vec<String>,
+    /// Entries whose `balance_after` is not the fund's balance after the entries before them
+    /// and their own amount.
+    pub running: Vec<String>,
     /// Accounts named by ledger entries that do not exist: the ledger's one foreign key.
     pub missing_accounts: Vec<String>,
 }
+
+/// At most this many entries are named in [`LedgerCheck::running`]; a count stands for the rest.
+const NAMED: usize = 100;
 
 /// Every balance against its ledger, and every ledger entry's account.
 ///
@@ -324,9 +330,16 @@ pub struct LedgerCheck {
 /// index, which reads the entries in random order. The sums left over once every account has
 /// taken its own belong to no account; so the entries' foreign key is checked on the way,
 /// without the index search per entry that `PRAGMA foreign_key_check` makes.
+///
+/// The same pass follows each fund's running balance in the order the entries were written, so
+/// an entry whose `balance_after` was edited, or one taken out of the middle of an account's
+/// ledger, shows even when the totals were made to agree.
 pub fn check_ledger(conn: &Connection) -> StoreResult<LedgerCheck> {
     let mut sums: std::collections::HashMap<String, [i128; 3]> = std::collections::HashMap::new();
-    let mut entries = conn.prepare("SELECT account_id, fund_type, amount FROM ledger_entries")?;
+    let mut found = LedgerCheck::default();
+    let mut off_course = 0usize;
+    let mut entries =
+        conn.prepare("SELECT account_id, fund_type, amount, balance_after, seq FROM ledger_entries ORDER BY seq")?;
     let mut rows = entries.query([])?;
     while let Some(r) = rows.next()? {
         let account = text_column(r, 0)?;
@@ -337,16 +350,35 @@ pub fn check_ledger(conn: &Connection) -> StoreResult<LedgerCheck> {
             .position(|f| f.as_str() == fund_type)
             .unwrap_or_default();
         let amount = i128::from(r.get::<_, i64>(2)?);
-        match sums.get_mut(account) {
-            Some(funds) => funds[fund] += amount,
+        let running = match sums.get_mut(account) {
+            Some(funds) => {
+                funds[fund] += amount;
+                funds[fund]
+            }
             None => {
                 let mut funds = [0; 3];
                 funds[fund] = amount;
                 sums.insert(account.to_string(), funds);
+                amount
+            }
+        };
+        let balance_after = r.get::<_, i64>(3)?;
+        if i128::from(balance_after) != running {
+            off_course += 1;
+            if off_course <= NAMED {
+                found.running.push(format!(
+                    "ledger entry seq {} (account {account}, {fund_type}): balance_after {balance_after} \
+                     but the entries up to it sum to {running} (hundred-millionths)",
+                    r.get::<_, i64>(4)?
+                ));
             }
         }
     }
-    let mut found = LedgerCheck::default();
+    if off_course > NAMED {
+        found
+            .running
+            .push(format!("and {} more entries like these", off_course - NAMED));
+    }
     let mut accounts = conn.prepare("SELECT id, real_balance, demo_balance, bonus_balance FROM accounts")?;
     let mut rows = accounts.query([])?;
     while let Some(r) = rows.next()? {
