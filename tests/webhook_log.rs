@@ -198,6 +198,10 @@ async fn managers_and_admins_read_the_log_newest_first_with_filters_and_pages() 
         .collect();
     assert_eq!(ids.len(), 6);
     assert!(page2["nextCursor"].is_null());
+    // A page that ends exactly at the oldest event is the last one: no cursor to an empty page.
+    let (_, exact) = app.staff(Method::GET, "/api/webhooks?limit=6", &reader, None).await;
+    assert_eq!(exact["events"].as_array().unwrap().len(), 6);
+    assert!(exact["nextCursor"].is_null(), "{exact}");
 
     let (_, none) = app
         .staff(Method::GET, "/api/webhooks?from=2999-01-01T00:00:00Z", &reader, None)

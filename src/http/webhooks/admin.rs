@@ -14,6 +14,7 @@ use warp::Filter;
 use super::process::{self, Delivery, Rerun};
 use crate::http::auth::{self, StaffSession};
 use crate::http::error::{respond, ApiError};
+use crate::http::query::page;
 use crate::http::{with_state, AppState};
 use crate::store::webhooks::{self, Attempt, Query, Status};
 use crate::store::{now, StoreError};
@@ -59,11 +60,13 @@ async fn list(
     state: AppState,
 ) -> Result<impl warp::Reply, ApiError> {
     session?.require_log_rights()?;
-    let query = parse_query(params?)?;
+    let mut query = parse_query(params?)?;
     let limit = query.limit;
-    let events = state.db.read(move |c| webhooks::list(c, &query)).await?;
+    // One row more than shown tells whether an older page exists: the last page has no cursor.
+    query.limit += 1;
+    let (events, more) = page(state.db.read(move |c| webhooks::list(c, &query)).await?, limit);
     let next_cursor = match events.last() {
-        Some(last) if events.len() == limit as usize => Some(last.seq.to_string()),
+        Some(last) if more => Some(last.seq.to_string()),
         _ => None,
     };
     Ok(warp::reply::json(
