@@ -418,6 +418,10 @@ async fn bad_adjustments_are_400_and_change_nothing() {
         (r#"{"amount": "10", "fundType": "Real"}"#, "fund type in the wrong case"),
         (r#"{"amount": "10", "fundType": "cash"}"#, "unknown fund type"),
         (r#"{"amount": "10", "fundType": "real", "notes": 5}"#, "notes not text"),
+        (
+            r#"{"amount": "10", "fundType": "real", "note": "why"}"#,
+            "a misspelt field",
+        ),
         (r#"{"amount": "10", "fundType": "real"} x"#, "trailing garbage"),
         (r#"[]"#, "not an object"),
         ("", "empty body"),
@@ -714,7 +718,7 @@ async fn client_detail_notes_kyc_and_subaccounts_work_for_the_admin_page() {
     for bad in [
         json!({ "comment": "   " }),
         json!({}),
-        json!({ "comment": "x".repeat(5001) }),
+        json!({ "comment": "x".repeat(10_001) }),
     ] {
         assert_eq!(
             app.staff(Method::POST, &format!("{base}/notes"), &manager, Some(bad))
@@ -1135,4 +1139,63 @@ async fn ended_sessions_stay_ended_when_the_change_is_undone() {
     let (status, body) = app.login_as("undo@broker.example", PASSWORD).await;
     assert_eq!(status, 200);
     assert_eq!(me(body["token"].as_str().unwrap().to_string()).await, 200);
+}
+
+/// A misspelt field is a 400 that names it, and changes nothing, as on the service API: a
+/// script that writes `kycnotes` must not set the status and silently drop the notes.
+#[tokio::test]
+async fn misspelt_fields_are_refused_and_change_nothing() {
+    let app = spawn_app();
+    let admin = app.admin_token().await;
+    let (staff_id, _) = staff_user(&app, &admin, "spell@broker.example", "agent").await;
+    let c = client(&app, "spell@example.com");
+    let cases = [
+        (
+            Method::PATCH,
+            format!("/api/clients/{}/kyc", c.id),
+            json!({ "kycStatus": "approved", "kycnotes": "typo" }),
+            "kycnotes",
+        ),
+        (
+            Method::PATCH,
+            format!("/api/staff/{staff_id}"),
+            json!({ "disabled": true, "rol": "admin" }),
+            "rol",
+        ),
+        (
+            Method::PATCH,
+            format!("/api/accounts/{}/leverage", c.account),
+            json!({ "leverage": 50, "currency": "EUR" }),
+            "currency",
+        ),
+        (
+            Method::POST,
+            format!("/api/clients/{}/notes", c.id),
+            json!({ "comment": "hello", "author": "someone else" }),
+            "author",
+        ),
+    ];
+    for (method, path, body, field) in cases {
+        let (status, resp) = app.staff(method, &path, &admin, Some(body)).await;
+        assert_eq!(status, 400, "{path}: {resp}");
+        assert!(resp["error"].as_str().unwrap().contains(field), "{path}: {resp}");
+    }
+    let (_, client) = app
+        .staff(Method::GET, &format!("/api/clients/{}", c.id), &admin, None)
+        .await;
+    assert_eq!(client["client"]["kycStatus"], "pending", "{client}");
+    let (_, account) = app
+        .staff(Method::GET, &format!("/api/accounts/{}", c.account), &admin, None)
+        .await;
+    assert_eq!(account["leverage"], 100, "{account}");
+    assert!(!app
+        .staff(Method::GET, "/api/staff", &admin, None)
+        .await
+        .1
+        .to_string()
+        .contains("\"disabled\":true"));
+    let (_, notes) = app
+        .staff(Method::GET, &format!("/api/clients/{}/notes", c.id), &admin, None)
+        .await;
+    assert_eq!(notes["notes"], json!([]), "{notes}");
 }

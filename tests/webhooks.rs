@@ -692,7 +692,7 @@ async fn a_kyc_update_sets_status_and_notes_and_audits_the_change() {
         ),
         (json!({ "email": "k@example.com" }), 400, "kycStatus"),
         (
-            json!({ "email": "k@example.com", "kycStatus": "approved", "kycNotes": "n".repeat(2001) }),
+            json!({ "email": "k@example.com", "kycStatus": "approved", "kycNotes": "n".repeat(10_001) }),
             400,
             "kycNotes",
         ),

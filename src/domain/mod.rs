@@ -14,6 +14,10 @@ pub use ids::{new_uuid, AccountId, ClientId, StaffId};
 pub use leverage::Leverage;
 pub use money::Money;
 
+/// The longest note or KYC remark, in characters, whichever surface it comes through (webhook,
+/// service API, admin page): text one of them accepted can always be sent back through another.
+pub const MAX_TEXT_CHARS: usize = 10_000;
+
 /// Why a value was refused; the message is meant for the person who sent it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]

@@ -87,7 +87,7 @@ async fn ledger(
 
 /// The guide's request body: `amount` as a decimal string (or number), signed.
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Adjustment {
     amount: Money,
     fund_type: FundType,
@@ -131,6 +131,7 @@ async fn adjust_balance(state: AppState, session: Session, raw_id: String, body:
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LeverageChange {
     leverage: Leverage,
 }

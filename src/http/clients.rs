@@ -15,11 +15,10 @@ use super::query::{self, Params};
 use super::refusals::audited;
 use super::views::AccountView;
 use super::{with_state, AppState};
-use crate::domain::{ClientId, KycStatus, Leverage};
+use crate::domain::{ClientId, KycStatus, Leverage, MAX_TEXT_CHARS};
 use crate::store::audit::{self, actions};
 use crate::store::{accounts, clients, notes, StoreError};
 
-const MAX_NOTE_CHARS: usize = 5000;
 const MAX_SEARCH_CHARS: usize = 200;
 
 type Session = Result<StaffSession, ApiError>;
@@ -130,6 +129,7 @@ async fn list_notes(state: AppState, session: Session, raw_id: String) -> Result
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct NewNote {
     comment: String,
 }
@@ -140,9 +140,9 @@ async fn add_note(state: AppState, session: Session, raw_id: String, body: Body)
     let id = raw_id.parse::<ClientId>()?;
     let req: NewNote = parse_json(&body?)?;
     let comment = req.comment.trim().to_string();
-    if comment.is_empty() || comment.chars().count() > MAX_NOTE_CHARS {
+    if comment.is_empty() || comment.chars().count() > MAX_TEXT_CHARS {
         return Err(ApiError::BadRequest(format!(
-            "comment must be 1 to {MAX_NOTE_CHARS} characters"
+            "comment must be 1 to {MAX_TEXT_CHARS} characters"
         )));
     }
     let actor = session.actor();
@@ -161,7 +161,7 @@ async fn add_note(state: AppState, session: Session, raw_id: String, body: Body)
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct KycChange {
     kyc_status: KycStatus,
     kyc_notes: Option<String>,
@@ -174,9 +174,9 @@ async fn change_kyc(state: AppState, session: Session, raw_id: String, body: Bod
     let id = raw_id.parse::<ClientId>()?.to_string();
     let req: KycChange = parse_json(&body?)?;
     let notes = req.kyc_notes.map(|n| n.trim().to_string());
-    if notes.as_ref().is_some_and(|n| n.chars().count() > MAX_NOTE_CHARS) {
+    if notes.as_ref().is_some_and(|n| n.chars().count() > MAX_TEXT_CHARS) {
         return Err(ApiError::BadRequest(format!(
-            "kycNotes must be at most {MAX_NOTE_CHARS} characters"
+            "kycNotes must be at most {MAX_TEXT_CHARS} characters"
         )));
     }
     let entry = session.audit(actions::KYC_UPDATE, audit::target("client", &id));
@@ -194,6 +194,7 @@ async fn change_kyc(state: AppState, session: Session, raw_id: String, body: Bod
 }
 
 #[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct NewSubaccount {
     currency: Option<String>,
     leverage: Option<Leverage>,

@@ -24,15 +24,13 @@ use super::refusals::record_after_refusal;
 use super::views::AccountsView;
 use super::{client_ip, with_state, AppState};
 use crate::config::Secrets;
-use crate::domain::{Email, KycStatus};
+use crate::domain::{Email, KycStatus, MAX_TEXT_CHARS};
 use crate::security::secrets_equal;
 use crate::store::audit::{self, actions, actors, Audit};
 use crate::store::{accounts, activity, clients, notes, StoreResult};
 
 /// How notes left through this API are signed.
 pub const NOTE_AUTHOR: &str = "Trading Platform";
-/// Longest note or KYC remark, in characters.
-pub const MAX_TEXT_CHARS: usize = 10_000;
 /// Unauthenticated calls audited per address and minute: enough to see each of a misconfigured
 /// platform's different mistakes, while a flood of guesses no longer grows the audit log freely.
 pub const UNAUTHORIZED_AUDITS_PER_MINUTE: std::num::NonZeroU32 = std::num::NonZeroU32::new(10).unwrap();

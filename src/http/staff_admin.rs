@@ -54,6 +54,7 @@ async fn list(state: AppState, session: Session) -> Result<impl Reply, ApiError>
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct NewStaff {
     email: Email,
     name: String,
@@ -98,6 +99,7 @@ async fn create(state: AppState, session: Session, body: Body) -> Result<impl Re
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct StaffChange {
     role: Option<Role>,
     disabled: Option<bool>,

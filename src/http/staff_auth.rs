@@ -64,6 +64,7 @@ impl From<&StaffUser> for UserView {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LoginRequest {
     email: String,
     password: String,
@@ -108,7 +109,7 @@ fn me(session: Result<StaffSession, ApiError>) -> Result<impl Reply, ApiError> {
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct PasswordChange {
     current_password: String,
     new_password: String,

@@ -5,7 +5,7 @@ use serde::de::{Deserializer, Error as _};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::domain::{AccountId, Money};
+use crate::domain::{AccountId, Money, MAX_TEXT_CHARS};
 
 fn string_or_integer<'de, D: Deserializer<'de>>(d: D, what: &str) -> Result<String, D::Error> {
     match Value::deserialize(d)? {
@@ -74,16 +74,17 @@ impl<'de> Deserialize<'de> for Phone {
     }
 }
 
-/// KYC notes: at most 2000 characters; line breaks and tabs are the only control characters.
+/// KYC notes: at most [`MAX_TEXT_CHARS`] characters; line breaks and tabs are the only control
+/// characters.
 pub struct Notes(pub String);
 
 impl<'de> Deserialize<'de> for Notes {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = string(d, "kycNotes")?;
-        if s.chars().count() > 2000 || s.chars().any(|c| c.is_control() && !"\n\r\t".contains(c)) {
-            return Err(D::Error::custom(
-                "kycNotes must be at most 2000 characters without control characters",
-            ));
+        if s.chars().count() > MAX_TEXT_CHARS || s.chars().any(|c| c.is_control() && !"\n\r\t".contains(c)) {
+            return Err(D::Error::custom(format!(
+                "kycNotes must be at most {MAX_TEXT_CHARS} characters without control characters"
+            )));
         }
         Ok(Notes(s.trim().to_string()))
     }
