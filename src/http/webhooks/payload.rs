@@ -366,8 +366,8 @@ mod tests {
                 "data.email",
             ),
             (
-                r#"{"event":"deposit.completed","data":{"email":"a@b.co","amount":"1"},"timestamp":"2025-10-13T19:00:00Z"}"#,
-                "transactionId",
+                r#"{"event":"deposit.completed","data":{"email":"a@b.co","amount":"1","transactionId":"t 1"},"timestamp":"2025-10-13T19:00:00Z"}"#,
+                "data.transactionId",
             ),
             (
                 r#"{"event":"kyc.updated","data":{"email":"a@b.co","kycStatus":"done"},"timestamp":"2025-10-13T19:00:00Z"}"#,
