@@ -182,6 +182,155 @@ async fn refused_admin_actions_are_audited_as_failures() {
     assert_eq!(details["status"], 403);
 }
 
+/// An admin-only action with a malformed id in its path: another role is told 403 (the role is
+/// checked first), an admin 400; both refusals are audited under the id as sent.
+#[tokio::test]
+async fn admin_actions_on_malformed_ids_are_refused_by_role_first_and_audited() {
+    let app = spawn_app();
+    let admin = app.admin_token().await;
+    let (_, manager) = staff_user(&app, &admin, "manager@broker.example", "manager").await;
+    let cases = [
+        (
+            Method::POST,
+            "/api/clients/not-a-uuid/impersonate",
+            None,
+            "sso.impersonate",
+            "client:not-a-uuid",
+        ),
+        (
+            Method::POST,
+            "/api/accounts/not-a-uuid/adjust-balance",
+            Some(json!({ "amount": "5", "fundType": "real" })),
+            "account.adjust_balance",
+            "account:not-a-uuid",
+        ),
+        (
+            Method::PATCH,
+            "/api/accounts/not-a-uuid/leverage",
+            Some(json!({ "leverage": 50 })),
+            "account.leverage",
+            "account:not-a-uuid",
+        ),
+        (
+            Method::POST,
+            "/api/clients/not-a-uuid/subaccounts",
+            None,
+            "account.open_subaccount",
+            "client:not-a-uuid",
+        ),
+        (
+            Method::PATCH,
+            "/api/staff/not-a-uuid",
+            Some(json!({ "disabled": true })),
+            "staff.update",
+            "staff:not-a-uuid",
+        ),
+        (
+            Method::POST,
+            "/api/staff/not-a-uuid/reset-password",
+            None,
+            "staff.reset_password",
+            "staff:not-a-uuid",
+        ),
+    ];
+    for (method, path, body, action, target) in cases {
+        let (status, resp) = app.staff(method.clone(), path, &manager, body.clone()).await;
+        assert_eq!(status, 403, "{path}: {resp}");
+        let (status, resp) = app.staff(method, path, &admin, body).await;
+        assert_eq!(status, 400, "{path}: {resp}");
+        let rows = audit_rows(&app, action);
+        let statuses: Vec<(&str, &str, &Value)> = rows
+            .iter()
+            .map(|(_, t, outcome, details)| (t.as_str(), outcome.as_str(), &details["status"]))
+            .collect();
+        assert_eq!(
+            statuses,
+            [(target, "failure", &json!(403)), (target, "failure", &json!(400))],
+            "{path}"
+        );
+    }
+}
+
+/// Every refused staff token is an authentication attempt the audit log records (the guide:
+/// "all authentication attempts"), with the reason and never the token, at most ten entries per
+/// address and minute so that a flood cannot grow the log.
+#[tokio::test]
+async fn refused_staff_tokens_are_audited_with_their_reason_and_bounded_per_address() {
+    let app = spawn_app();
+    let admin = app.admin_token().await;
+    let (user_id, user) = staff_user(&app, &admin, "leaver@broker.example", "agent").await;
+    let forged = jwt(
+        &hs256_header(),
+        &staff_claims(&user_id, "agent", now_secs(), now_secs() + 60),
+        b"not the secret",
+    );
+    let me = |token: Option<String>| {
+        let app = &app;
+        async move {
+            let mut req = app.http.get(app.url("/api/auth/me"));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            into_parts(req.send().await.unwrap()).await.0
+        }
+    };
+    assert_eq!(me(None).await, 401);
+    assert_eq!(me(Some(forged.clone())).await, 401);
+    let path = format!("/api/staff/{user_id}");
+    let disable = |disabled: bool| {
+        let (app, admin, path) = (&app, &admin, &path);
+        async move {
+            let body = Some(json!({ "disabled": disabled }));
+            assert_eq!(app.staff(Method::PATCH, path, admin, body).await.0, 200);
+        }
+    };
+    disable(true).await;
+    assert_eq!(me(Some(user.clone())).await, 401);
+    disable(false).await;
+    assert_eq!(me(Some(user.clone())).await, 401);
+
+    let rows = audit_rows(&app, "auth.unauthorized");
+    let seen: Vec<(&str, &str, &str, &str)> = rows
+        .iter()
+        .map(|(actor, target, outcome, d)| {
+            (
+                actor.as_str(),
+                target.as_str(),
+                outcome.as_str(),
+                d["reason"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let leaver = "staff:leaver@broker.example";
+    assert_eq!(
+        seen,
+        [
+            ("anonymous", "", "failure", "no Authorization header"),
+            (
+                "anonymous",
+                "",
+                "failure",
+                "a token that is malformed, forged or expired"
+            ),
+            ("anonymous", leaver, "failure", "a disabled user"),
+            ("anonymous", leaver, "failure", "a session that has ended"),
+        ]
+    );
+    assert_eq!(rows[0].3["path"], "/api/auth/me");
+    assert_eq!(rows[0].3["method"], "GET");
+    let text = serde_json::to_string(&rows.iter().map(|r| &r.3).collect::<Vec<_>>()).unwrap();
+    assert!(!text.contains(&forged) && !text.contains(&user), "no token is recorded");
+
+    for _ in 0..20 {
+        assert_eq!(me(Some(forged.clone())).await, 401);
+    }
+    assert_eq!(
+        audit_rows(&app, "auth.unauthorized").len(),
+        10,
+        "ten per address and minute"
+    );
+}
+
 #[tokio::test]
 async fn forged_expired_and_foreign_tokens_are_all_refused() {
     let app = spawn_app();

@@ -11,7 +11,7 @@ use super::auth::{self, StaffSession};
 use super::body::{self, parse_json};
 use super::error::{respond, ApiError};
 use super::query::{self, Params};
-use super::refusals::audited;
+use super::refusals::{audited, path_target};
 use super::views::AccountView;
 use super::{with_state, AppState};
 use crate::domain::{AccountId, FundType, Leverage, Money};
@@ -98,10 +98,11 @@ struct Adjustment {
 /// the insufficient-funds body, changes nothing, and is audited as a failure.
 async fn adjust_balance(state: AppState, session: Session, raw_id: String, body: Body) -> Result<impl Reply, ApiError> {
     let session = session?;
-    let id = raw_id.parse::<AccountId>()?.to_string();
-    let entry = session.audit(actions::BALANCE_ADJUST, audit::target("account", &id));
+    let parsed = raw_id.parse::<AccountId>();
+    let entry = session.audit(actions::BALANCE_ADJUST, path_target("account", &raw_id, &parsed));
     let result = async {
         session.require_admin()?;
+        let id = parsed?.to_string();
         let req: Adjustment = parse_json(&body?)?;
         let notes = req.notes.unwrap_or_default().trim().to_string();
         if notes.chars().count() > MAX_NOTES_CHARS {
@@ -139,10 +140,11 @@ struct LeverageChange {
 /// `PATCH /api/accounts/:id/leverage` `{leverage: 1-500}` (admins); audited with from and to.
 async fn set_leverage(state: AppState, session: Session, raw_id: String, body: Body) -> Result<impl Reply, ApiError> {
     let session = session?;
-    let id = raw_id.parse::<AccountId>()?.to_string();
-    let entry = session.audit(actions::LEVERAGE_CHANGE, audit::target("account", &id));
+    let parsed = raw_id.parse::<AccountId>();
+    let entry = session.audit(actions::LEVERAGE_CHANGE, path_target("account", &raw_id, &parsed));
     let result = async {
         session.require_admin()?;
+        let id = parsed?.to_string();
         let req: LeverageChange = parse_json(&body?)?;
         let entry = entry.clone();
         Ok(state

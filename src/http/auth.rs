@@ -1,13 +1,18 @@
 //! Staff authentication for every staff route: a bearer JWT (see `security::tokens`) whose user
-//! still exists, is not disabled, and has not changed password since the token was issued.
+//! still exists, is not disabled, and has had none of the changes that end sessions (a password,
+//! role or enabled-state change) since the token was issued.
 
+use serde_json::json;
+use warp::filters::path::FullPath;
+use warp::http::{HeaderMap, Method};
 use warp::Filter;
 
 use super::error::ApiError;
+use super::refusals::record;
 use super::{client_ip, with_state, AppState};
 use crate::domain::Role;
 use crate::security::tokens;
-use crate::store::audit::Audit;
+use crate::store::audit::{self, actions, actors, Audit};
 use crate::store::staff::{self, StaffUser};
 
 /// The staff member making a request.
@@ -70,22 +75,57 @@ impl StaffSession {
 }
 
 /// Extracts the authenticated staff session, or the 401 to answer. Never rejects, so a route
-/// that matched by path answers 401 rather than falling through to 404.
+/// that matched by path answers 401 rather than falling through to 404. A refusal is audited
+/// (`auth.unauthorized`, the guide's "all authentication attempts"), at most
+/// `ratelimit::UNAUTHENTICATED_AUDITS_PER_MINUTE` entries per address and minute.
 pub fn staff(
     state: AppState,
 ) -> impl Filter<Extract = (Result<StaffSession, ApiError>,), Error = std::convert::Infallible> + Clone {
-    warp::header::headers_cloned()
+    warp::method()
+        .and(warp::path::full())
+        .and(warp::header::headers_cloned())
         .and(client_ip())
         .and(with_state(state))
         .then(
-            |headers: warp::http::HeaderMap, ip: String, state: AppState| async move {
-                let header = headers
-                    .get("authorization")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
-                authenticate(&state, header, ip).await
+            |method: Method, path: FullPath, headers: HeaderMap, ip: String, state: AppState| async move {
+                let header = headers.get("authorization").and_then(|v| v.to_str().ok());
+                let refused = match authenticate(&state, header, ip.clone()).await {
+                    Ok(session) => return Ok(session),
+                    Err(refused) => refused,
+                };
+                if state.staff_unauthorized_notices.allow(&ip) {
+                    let entry = Audit::new(actors::ANONYMOUS, actions::STAFF_UNAUTHORIZED, refused.target)
+                        .failed()
+                        .ip(ip)
+                        .details(json!({ "method": method.as_str(), "path": path.as_str(), "reason": refused.reason }));
+                    record(&state, entry).await;
+                }
+                Err(ApiError::Unauthorized("Authentication required: log in again".into()))
             },
         )
+}
+
+/// Why a staff request was not authenticated, for its audit entry (never the token itself).
+struct Refused {
+    reason: &'static str,
+    /// `staff:<email>` when the token was genuine but names a user it no longer admits.
+    target: String,
+}
+
+impl Refused {
+    fn token(reason: &'static str) -> Refused {
+        Refused {
+            reason,
+            target: String::new(),
+        }
+    }
+
+    fn session(reason: &'static str, user: &StaffUser) -> Refused {
+        Refused {
+            reason,
+            target: audit::target("staff", &user.email),
+        }
+    }
 }
 
 /// The token of an `Authorization: Bearer <token>` header.
@@ -98,9 +138,12 @@ pub fn bearer(header: Option<&str>) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-async fn authenticate(state: &AppState, header: Option<String>, ip: String) -> Result<StaffSession, ApiError> {
-    let unauthorized = || ApiError::Unauthorized("Authentication required: log in again".into());
-    let token = bearer(header.as_deref()).ok_or_else(unauthorized)?;
+async fn authenticate(state: &AppState, header: Option<&str>, ip: String) -> Result<StaffSession, Refused> {
+    let token = match (header, bearer(header)) {
+        (_, Some(token)) => token,
+        (None, None) => return Err(Refused::token("no Authorization header")),
+        (Some(_), None) => return Err(Refused::token("not a Bearer token")),
+    };
     let current = tokens::verify_staff(token, &[state.secrets.jwt.bytes()]);
     let previous = || {
         let secret = state.secrets.jwt_previous.as_ref()?;
@@ -108,18 +151,26 @@ async fn authenticate(state: &AppState, header: Option<String>, ip: String) -> R
     };
     let (claims, signed_with_previous) = match current {
         Some(claims) => (claims, false),
-        None => (previous().ok_or_else(unauthorized)?, true),
+        None => (
+            previous().ok_or_else(|| Refused::token("a token that is malformed, forged or expired"))?,
+            true,
+        ),
     };
     let user = state
         .db
         .read(move |conn| staff::get(conn, &claims.sub).map(|u| (u, claims)))
-        .await
-        .map_err(|_| unauthorized());
-    let (user, claims) = user?;
+        .await;
+    let Ok((user, claims)) = user else {
+        return Err(Refused::token("a token for a user that does not exist"));
+    };
     // Disabling or re-enabling the user, a new role and a new password each end every earlier
-    // session at once, for good: they move the user's session generation on.
-    if user.disabled || claims.gen != user.session_generation {
-        return Err(unauthorized());
+    // session at once, for good: they move the user's session generation on. A token must also
+    // name the role the user has.
+    if user.disabled {
+        return Err(Refused::session("a disabled user", &user));
+    }
+    if claims.gen != user.session_generation || claims.role != user.role {
+        return Err(Refused::session("a session that has ended", &user));
     }
     Ok(StaffSession {
         user,

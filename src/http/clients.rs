@@ -12,7 +12,7 @@ use super::auth::{self, StaffSession};
 use super::body::{self, parse_json};
 use super::error::{respond, ApiError};
 use super::query::{self, Params};
-use super::refusals::audited;
+use super::refusals::{audited, path_target};
 use super::views::AccountView;
 use super::{with_state, AppState};
 use crate::domain::{ClientId, KycStatus, Leverage, MAX_TEXT_CHARS};
@@ -209,10 +209,11 @@ async fn open_subaccount(
     body: Body,
 ) -> Result<impl Reply, ApiError> {
     let session = session?;
-    let id = raw_id.parse::<ClientId>()?.to_string();
-    let entry = session.audit(actions::SUBACCOUNT_OPEN, audit::target("client", &id));
+    let parsed = raw_id.parse::<ClientId>();
+    let entry = session.audit(actions::SUBACCOUNT_OPEN, path_target("client", &raw_id, &parsed));
     let result = async {
         session.require_admin()?;
+        let id = parsed?.to_string();
         // Both fields are optional, so an empty body asks for the defaults.
         let req: NewSubaccount = match body? {
             b if b.iter().all(u8::is_ascii_whitespace) => NewSubaccount::default(),

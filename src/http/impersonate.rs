@@ -9,7 +9,7 @@ use warp::{Filter, Reply};
 
 use super::auth::{self, StaffSession};
 use super::error::{respond, ApiError};
-use super::refusals::audited;
+use super::refusals::{audited, path_target};
 use super::{with_state, AppState};
 use crate::domain::{new_uuid, ClientId};
 use crate::security::tokens;
@@ -32,14 +32,16 @@ async fn impersonate(
     raw_id: String,
 ) -> Result<impl Reply, ApiError> {
     let session = session?;
-    let id = raw_id.parse::<ClientId>()?.to_string();
+    // The role is checked before the id, and a malformed id is audited like any refusal.
+    let parsed = raw_id.parse::<ClientId>();
     let entry = session
-        .audit(actions::IMPERSONATE, audit::target("client", &id))
+        .audit(actions::IMPERSONATE, path_target("client", &raw_id, &parsed))
         .detail("staffEmail", session.user.email.clone());
-    let result = match session.require_admin() {
-        Ok(()) => start_session(&state, &session, id, entry.clone()).await,
-        Err(e) => Err(e),
-    };
+    let result = async {
+        session.require_admin()?;
+        start_session(&state, &session, parsed?.to_string(), entry.clone()).await
+    }
+    .await;
     let (token, claims) = audited(&state, entry, result).await?;
     let base = state.settings.trading_platform_url.trim_end_matches('/');
     let url = format!("{base}/sso/impersonate?token={token}");

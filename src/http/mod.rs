@@ -57,6 +57,8 @@ pub struct Shared {
     pub login_throttle: Arc<throttle::LoginThrottle>,
     /// Audit entries for unauthenticated service calls, per address and minute.
     pub service_unauthorized_notices: Arc<ratelimit::Notices>,
+    /// Audit entries for staff requests refused for their token, per address and minute.
+    pub staff_unauthorized_notices: Arc<ratelimit::Notices>,
 }
 
 impl AppState {
@@ -65,12 +67,17 @@ impl AppState {
         if let Some(limiter) = &service_limiter {
             ratelimit::Limiter::spawn_sweeper(limiter);
         }
-        let service_unauthorized_notices =
-            Arc::new(ratelimit::Notices::per_minute(service::UNAUTHORIZED_AUDITS_PER_MINUTE));
-        ratelimit::spawn_sweeper(&service_unauthorized_notices, ratelimit::Notices::retain_recent);
+        let notices = || {
+            let notices = Arc::new(ratelimit::Notices::per_minute(
+                ratelimit::UNAUTHENTICATED_AUDITS_PER_MINUTE,
+            ));
+            ratelimit::spawn_sweeper(&notices, ratelimit::Notices::retain_recent);
+            notices
+        };
         AppState(Arc::new(Shared {
             service_limiter,
-            service_unauthorized_notices,
+            service_unauthorized_notices: notices(),
+            staff_unauthorized_notices: notices(),
             db,
             settings: Arc::new(settings),
             secrets: Arc::new(secrets),

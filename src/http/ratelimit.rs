@@ -21,6 +21,11 @@ pub struct Limiter {
     notices: Notices,
 }
 
+/// Unauthenticated calls (service API, staff API) audited per address and minute, for each
+/// surface: enough to see each of a misconfigured caller's different mistakes, while a flood of
+/// guesses no longer grows the audit log freely.
+pub const UNAUTHENTICATED_AUDITS_PER_MINUTE: NonZeroU32 = NonZeroU32::new(10).unwrap();
+
 /// How many audit entries one kind of refusal may write per key and minute, so a flood of
 /// refused requests (which are cheap to send) does not turn into a flood of rows in the
 /// append-only audit log. Used for rate-limited and for unauthenticated service calls.

@@ -36,6 +36,28 @@ pub async fn audited<T>(state: &AppState, entry: Audit, result: Result<T, ApiErr
     result
 }
 
+/// Appends an audit entry in a transaction of its own. A failure to record is logged, and the
+/// caller still gets the answer it was going to get.
+pub async fn record(state: &AppState, entry: Audit) {
+    let action = entry.action.clone();
+    if let Err(e) = state.db.write(move |tx| audit::append(tx, &entry).map(drop)).await {
+        tracing::error!(error = %e, %action, "could not write an audit entry");
+    }
+}
+
+/// The audit target `<kind>:<id>` of a request about the record its path names: the id as
+/// parsed when it parses, else the text as sent (its first 64 characters, control characters
+/// dropped), so a request refused for a malformed id is recorded under what it asked for.
+pub fn path_target<T: std::fmt::Display, E>(kind: &str, raw: &str, parsed: &Result<T, E>) -> String {
+    match parsed {
+        Ok(id) => audit::target(kind, id),
+        Err(_) => audit::target(
+            kind,
+            raw.chars().take(64).filter(|c| !c.is_control()).collect::<String>(),
+        ),
+    }
+}
+
 /// Writes the record of a refused request: before the answer, so the record exists when the
 /// caller hears back; but after it for a 503 (the database busy or full), whose record would
 /// first wait out the busy timeout again and keep the caller from its answer and Retry-After.

@@ -20,7 +20,7 @@ use super::auth::bearer;
 use super::body::{self, parse_json};
 use super::error::{respond, ApiError};
 use super::ratelimit::Verdict;
-use super::refusals::record_after_refusal;
+use super::refusals::{record, record_after_refusal};
 use super::views::AccountsView;
 use super::{client_ip, with_state, AppState};
 use crate::config::Secrets;
@@ -31,10 +31,6 @@ use crate::store::{accounts, activity, clients, notes, StoreResult};
 
 /// How notes left through this API are signed.
 pub const NOTE_AUTHOR: &str = "Trading Platform";
-/// Unauthenticated calls audited per address and minute: enough to see each of a misconfigured
-/// platform's different mistakes, while a flood of guesses no longer grows the audit log freely.
-pub const UNAUTHORIZED_AUDITS_PER_MINUTE: std::num::NonZeroU32 = std::num::NonZeroU32::new(10).unwrap();
-
 /// An authenticated service caller: which token it presented, and from where.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -351,15 +347,6 @@ impl Call {
         // Boxed, so that every call's future does not carry this rare path's state.
         record_after_refusal(error.status(), Box::pin(async move { record(&state, entry).await })).await;
         error
-    }
-}
-
-/// Appends an audit entry in a transaction of its own. A failure to record is logged, and the
-/// caller still gets the answer it was going to get.
-async fn record(state: &AppState, entry: Audit) {
-    let action = entry.action.clone();
-    if let Err(e) = state.db.write(move |tx| audit::append(tx, &entry).map(drop)).await {
-        tracing::error!(error = %e, %action, "could not write a service API audit entry");
     }
 }
 

@@ -11,7 +11,7 @@ use warp::{Filter, Reply};
 use super::auth::{self, StaffSession};
 use super::body::{self, parse_json};
 use super::error::{respond, ApiError};
-use super::refusals::audited;
+use super::refusals::{audited, path_target};
 use super::{with_state, AppState};
 use crate::domain::{Email, Role, StaffId};
 use crate::security::{password, random_password};
@@ -109,10 +109,11 @@ struct StaffChange {
 /// themselves, and the last active admin stays one (409), so the CRM always has an admin.
 async fn update(state: AppState, session: Session, raw_id: String, body: Body) -> Result<impl Reply, ApiError> {
     let session = session?;
-    let id = raw_id.parse::<StaffId>()?.to_string();
-    let entry = session.audit(actions::STAFF_UPDATE, staff_target(&state, &id).await);
+    let parsed = raw_id.parse::<StaffId>();
+    let entry = session.audit(actions::STAFF_UPDATE, staff_target(&state, &raw_id, &parsed).await);
     let result = async {
         session.require_admin()?;
+        let id = parsed?.to_string();
         let req: StaffChange = parse_json(&body?)?;
         if req.role.is_none() && req.disabled.is_none() {
             return Err(ApiError::BadRequest("give role, disabled or both".into()));
@@ -168,11 +169,12 @@ fn apply_change(
 /// working at once.
 async fn reset_password(state: AppState, session: Session, raw_id: String) -> Result<impl Reply, ApiError> {
     let session = session?;
-    let id = raw_id.parse::<StaffId>()?.to_string();
-    let target = staff_target(&state, &id).await;
+    let parsed = raw_id.parse::<StaffId>();
+    let target = staff_target(&state, &raw_id, &parsed).await;
     let entry = session.audit(actions::STAFF_RESET_PASSWORD, target);
     let result = async {
         session.require_admin()?;
+        let id = parsed?.to_string();
         let pw = random_password();
         let hash = hash_off_thread(pw.clone()).await?;
         let entry = entry.clone();
@@ -191,8 +193,12 @@ async fn reset_password(state: AppState, session: Session, raw_id: String) -> Re
     Ok(warp::reply::json(&json!({ "password": pw })))
 }
 
-/// `staff:<email>` as everywhere else in the log; `staff:<id>` for an id that names nobody.
-async fn staff_target(state: &AppState, id: &str) -> String {
+/// `staff:<email>` as everywhere else in the log; `staff:<id>` for an id that names nobody, or
+/// as sent when it is no id at all.
+async fn staff_target<E>(state: &AppState, raw_id: &str, parsed: &Result<StaffId, E>) -> String {
+    let Ok(id) = parsed else {
+        return path_target("staff", raw_id, parsed);
+    };
     let lookup = id.to_string();
     match state.db.read(move |conn| staff::get(conn, &lookup)).await {
         Ok(user) => audit::target("staff", user.email),

@@ -43,6 +43,9 @@ pub mod actions {
     /// `service.<operation>` for each service API call, e.g. `service.get_client`.
     pub const SERVICE_PREFIX: &str = "service.";
     pub const SERVICE_UNAUTHORIZED: &str = "service.unauthorized";
+    /// A staff API request refused for its token: none, not valid, or a session that has ended
+    /// (at most 10 entries per address and minute).
+    pub const STAFF_UNAUTHORIZED: &str = "auth.unauthorized";
     /// A service caller refused for exceeding the rate limit (at most one entry per caller per minute).
     pub const SERVICE_RATE_LIMITED: &str = "service.rate_limited";
     /// Staff management, by an admin on the staff API or by the `crm user` command.
