@@ -156,6 +156,88 @@ async fn verify_fails_when_a_ledger_entry_does_not_follow_from_the_ones_before()
     }
 }
 
+/// Every ledger entry is compared with what its hash-chained audit entry recorded (account,
+/// fund, amount, balance after): an entry edited together with its balance so that every total
+/// and running balance agrees, or one added with a matching balance, still fails.
+#[tokio::test]
+async fn verify_fails_when_a_ledger_entry_differs_from_its_audit_record() {
+    let app = spawn_app();
+    app.register("rec@example.com").await;
+    assert_eq!(app.deposit("rec@example.com", "10", "REC-1").await.0, 200);
+    assert_eq!(app.deposit("rec@example.com", "5", "REC-2").await.0, 200);
+    assert!(app.crm(&["verify"]).status.success());
+    let check = "FAIL  every ledger entry is the one its audit entry recorded";
+    let conn = app.sqlite();
+    let account: String = conn
+        .query_row("SELECT account_id FROM ledger_entries LIMIT 1", [], |r| r.get(0))
+        .unwrap();
+    let verify_fails_the_record_check_only = |what: &str| {
+        let out = app.crm(&["verify"]);
+        assert!(!out.status.success(), "{what}: {}", stdout(&out));
+        assert!(stdout(&out).contains(check), "{what}: {}", stdout(&out));
+        for passing in [
+            "ok    every balance equals the sum of its ledger entries",
+            "ok    every ledger entry's balance_after follows from the entries before it",
+            "ok    no ledger entry or audit row deleted from the end",
+            "ok    audit log hash chain",
+        ] {
+            assert!(stdout(&out).contains(passing), "{what}: {}", stdout(&out));
+        }
+    };
+    let edit = |sign: &str| {
+        format!(
+            "UPDATE ledger_entries SET amount = amount {sign} 100000000, balance_after = balance_after {sign} 100000000
+             WHERE seq = 2;
+             UPDATE accounts SET real_balance = real_balance {sign} 100000000;"
+        )
+    };
+    conn.execute_batch(&edit("+")).unwrap();
+    verify_fails_the_record_check_only("the last deposit raised by 1.00 with its balance");
+    conn.execute_batch(&edit("-")).unwrap();
+    assert!(app.crm(&["verify"]).status.success(), "the edit undone");
+
+    conn.execute(
+        "INSERT INTO ledger_entries (id, account_id, fund_type, amount, balance_after, reason, actor, created_at)
+         VALUES ('forged', ?1, 'real', 100000000, 1600000000, 'deposit', 'platform:webhook', 'x')",
+        [&account],
+    )
+    .unwrap();
+    conn.execute("UPDATE accounts SET real_balance = real_balance + 100000000", [])
+        .unwrap();
+    verify_fails_the_record_check_only("a deposit added with its balance");
+}
+
+/// verify on a CRM taking deposits: the ledger and the audit log are read at different moments
+/// by different threads, and a deposit committed in between must not show as a difference.
+#[tokio::test]
+async fn verify_passes_on_a_crm_taking_deposits_meanwhile() {
+    let app = spawn_app();
+    app.register("busy@example.com").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let app = std::sync::Arc::new(app);
+    let writer = {
+        let (app, stop) = (app.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let (status, _) = app.deposit("busy@example.com", "1", &format!("BUSY-{n}")).await;
+                assert_eq!(status, 200);
+            }
+            n
+        })
+    };
+    for _ in 0..5 {
+        let dir = app.dir.path().to_path_buf();
+        let out = tokio::task::spawn_blocking(move || crm_command(&dir).arg("verify").output().unwrap())
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{}", stdout(&out));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(writer.await.unwrap() > 0);
+}
+
 #[tokio::test]
 async fn the_audit_log_refuses_edits_through_sql() {
     let app = spawn_app();

@@ -1,9 +1,13 @@
 //! `crm verify`: the database checks an operator runs after a crash, a restore or a suspicion.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use rusqlite::Connection;
+use serde::Deserialize;
 
+use crate::domain::Money;
+use crate::store::accounts::LedgerDigest;
 use crate::store::audit_index::{self, Digest};
 use crate::store::{accounts, audit, Db, StoreError, StoreResult};
 
@@ -64,10 +68,11 @@ pub enum Depth {
 /// Runs every check. They only read, each on its own connection, so they run side by side, and
 /// the audit chain, the longest walk after SQLite's own check, in one stretch per core.
 pub fn run(db: &Db, depth: Depth) -> anyhow::Result<Report> {
+    let bounds = db.read_sync(Bounds::read)?;
     let (integrity, books, chain) = std::thread::scope(|scope| {
         let integrity = scope.spawn(|| db.read_sync(|conn| mapped(conn, |conn| sqlite_integrity(conn, depth))));
-        let books = scope.spawn(|| db.read_sync(|conn| mapped(conn, books)));
-        let chain = audit_chain(db);
+        let books = scope.spawn(|| db.read_sync(|conn| mapped(conn, |conn| books(conn, bounds))));
+        let chain = audit_chain(db, bounds);
         (join(integrity), join(books), chain)
     });
     let mut report = Report::default();
@@ -76,13 +81,108 @@ pub fn run(db: &Db, depth: Depth) -> anyhow::Result<Report> {
         Depth::Full => "SQLite integrity check",
     };
     report.add(name, integrity?);
-    for (name, problems) in books? {
+    let (books, in_ledger) = books?;
+    for (name, problems) in books {
         report.add(name, problems);
     }
-    let (chain, index) = chain?;
+    let (chain, index, in_audit) = chain?;
+    let broken = chain.is_some();
     report.add("audit log hash chain", chain.into_iter().collect());
     report.add("audit log index by target", index);
+    report.add(
+        "every ledger entry is the one its audit entry recorded",
+        recorded_problems(in_ledger, in_audit, broken),
+    );
     Ok(report)
+}
+
+/// The newest ledger entry and audit row at one moment. Each ledger entry and the audit entry
+/// that records it are committed together, so the entries up to the one bound are exactly those
+/// recorded by the rows up to the other, whatever a running CRM commits while verify reads.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    ledger: i64,
+    audit: i64,
+}
+
+impl Bounds {
+    fn read(conn: &Connection) -> StoreResult<Bounds> {
+        Ok(conn.query_row(
+            "SELECT (SELECT coalesce(max(seq), 0) FROM ledger_entries), (SELECT coalesce(max(seq), 0) FROM audit_log)",
+            [],
+            |r| {
+                Ok(Bounds {
+                    ledger: r.get(0)?,
+                    audit: r.get(1)?,
+                })
+            },
+        )?)
+    }
+}
+
+/// What the audit entry of a balance change says of its ledger entry (see
+/// `accounts::apply_balance_change`).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Recorded<'a> {
+    #[serde(borrow)]
+    ledger_entry_id: Cow<'a, str>,
+    #[serde(borrow)]
+    account_id: Cow<'a, str>,
+    #[serde(borrow)]
+    fund_type: Cow<'a, str>,
+    #[serde(borrow)]
+    amount: Cow<'a, str>,
+    #[serde(borrow)]
+    balance_after: Cow<'a, str>,
+}
+
+/// Adds the ledger entry an audit row records, if it records one; false if it names a ledger
+/// entry but cannot be read as one.
+fn add_recorded(digest: &mut LedgerDigest, details: &str) -> bool {
+    // Most rows record no balance change: only those that name an entry are decoded.
+    if !details.contains("\"ledgerEntryId\"") {
+        return true;
+    }
+    let Ok(r) = serde_json::from_str::<Recorded>(details) else {
+        return false;
+    };
+    let (Ok(amount), Ok(after)) = (Money::parse(&r.amount), Money::parse(&r.balance_after)) else {
+        return false;
+    };
+    digest.add(
+        &r.ledger_entry_id,
+        &r.account_id,
+        &r.fund_type,
+        amount.atoms(),
+        after.atoms(),
+    );
+    true
+}
+
+/// The ledger's digest against the audit log's (and how many of its rows could not be read).
+fn recorded_problems(
+    in_ledger: LedgerDigest,
+    (in_audit, unreadable): (LedgerDigest, u64),
+    broken: bool,
+) -> Vec<String> {
+    if broken {
+        return vec!["not checked: the hash chain is broken".to_string()];
+    }
+    let mut problems = Vec::new();
+    if unreadable > 0 {
+        problems.push(format!(
+            "{unreadable} audit rows name a ledger entry but do not say what it was"
+        ));
+    }
+    if in_ledger != in_audit {
+        problems.push(format!(
+            "the ledger holds {} entries and the audit log records {}, or they differ: an entry was \
+             added, removed or edited outside the CRM",
+            in_ledger.entries, in_audit.entries
+        ));
+    }
+    problems
 }
 
 /// Runs `f` on a connection that reads the database file through a memory map rather than one
@@ -124,11 +224,13 @@ fn sqlite_integrity(conn: &Connection, depth: Depth) -> StoreResult<Vec<String>>
 /// Foreign keys, and every balance against its ledger. All in one read transaction, so they see
 /// one moment of the books: on a running CRM a deposit committed between reading the ledger and
 /// reading the balances would otherwise show as a balance that disagrees with its ledger.
-fn books(conn: &Connection) -> StoreResult<Vec<(&'static str, Vec<String>)>> {
+/// Also returns the digest of the ledger entries up to `bounds.ledger`.
+#[allow(clippy::type_complexity)]
+fn books(conn: &Connection, bounds: Bounds) -> StoreResult<(Vec<(&'static str, Vec<String>)>, LedgerDigest)> {
     // Only reads: dropping it at the end rolls nothing back.
     let snapshot = conn.unchecked_transaction()?;
     let conn: &Connection = &snapshot;
-    let ledger = accounts::check_ledger(conn)?;
+    let ledger = accounts::check_ledger(conn, bounds.ledger)?;
     let mut fk = foreign_key_problems(conn)?;
     fk.extend(ledger.missing_accounts);
     let negative: Vec<String> = conn
@@ -141,7 +243,7 @@ fn books(conn: &Connection) -> StoreResult<Vec<(&'static str, Vec<String>)>> {
     for table in ["ledger_entries", "audit_log"] {
         truncated.extend(newest_rows_missing(conn, table)?);
     }
-    Ok(vec![
+    let checks = vec![
         ("foreign keys", fk),
         ("every balance equals the sum of its ledger entries", ledger.mismatches),
         (
@@ -150,7 +252,8 @@ fn books(conn: &Connection) -> StoreResult<Vec<(&'static str, Vec<String>)>> {
         ),
         ("no negative funds", negative),
         ("no ledger entry or audit row deleted from the end", truncated),
-    ])
+    ];
+    Ok((checks, ledger.digest))
 }
 
 /// The ledger and the audit log are append-only, and SQLite keeps the highest `seq` each has
@@ -196,8 +299,10 @@ fn foreign_key_problems(conn: &Connection) -> StoreResult<Vec<String>> {
 
 /// The hash chain, walked in stretches of consecutive rows side by side, then joined; and on
 /// the way, whether the index by target holds exactly the rows its progress says it has indexed
-/// (a digest of each side compared: one more read of the index, none of the log).
-fn audit_chain(db: &Db) -> StoreResult<(Option<String>, Vec<String>)> {
+/// (a digest of each side compared: one more read of the index, none of the log), and the digest
+/// of the ledger entries the rows up to `bounds.audit` record, with how many could not be read.
+#[allow(clippy::type_complexity)]
+fn audit_chain(db: &Db, bounds: Bounds) -> StoreResult<(Option<String>, Vec<String>, (LedgerDigest, u64))> {
     // The progress is read first: the rows it covers are then all at or below `last`.
     let (progress, indexed) = db.read_sync(|conn| mapped(conn, audit_index::indexed))?;
     let (first, last): (Option<i64>, Option<i64>) = db.read_sync(|conn| {
@@ -206,45 +311,55 @@ fn audit_chain(db: &Db) -> StoreResult<(Option<String>, Vec<String>)> {
         })?)
     })?;
     let (Some(first), Some(last)) = (first, last) else {
-        return Ok((None, index_problems(Digest::default(), indexed)));
+        return Ok((None, index_problems(Digest::default(), indexed), Default::default()));
     };
     let parts = std::thread::available_parallelism().map_or(2, |n| n.get()) as i64;
     let size = ((last - first) / parts).max(1) + 1;
-    let bounds: Vec<(i64, i64)> = (0..parts)
+    let stretches: Vec<(i64, i64)> = (0..parts)
         .map(|i| (first + i * size, (first + (i + 1) * size - 1).min(last)))
         .filter(|(from, _)| *from <= last)
         .collect();
     let progress = &progress;
     let walked = std::thread::scope(|scope| {
-        let walks: Vec<_> = bounds
+        let walks: Vec<_> = stretches
             .iter()
             .map(|&(from, to)| {
                 scope.spawn(move || {
                     let mut expected = Digest::default();
+                    let (mut recorded, mut unreadable) = (LedgerDigest::default(), 0u64);
                     let stretch = db.read_sync(|conn| {
                         mapped(conn, |conn| {
-                            audit::walk_chain(conn, from, to, |target, seq| {
-                                if progress.covers(target, seq) {
-                                    expected.add(target, seq);
+                            audit::walk_chain(conn, from, to, |row| {
+                                if progress.covers(row.target, row.seq) {
+                                    expected.add(row.target, row.seq);
+                                }
+                                if row.seq <= bounds.audit && !add_recorded(&mut recorded, row.details) {
+                                    unreadable += 1;
                                 }
                             })
                         })
                     })?;
-                    Ok((stretch, expected))
+                    Ok((stretch, expected, (recorded, unreadable)))
                 })
             })
             .collect();
         walks.into_iter().map(join).collect::<StoreResult<Vec<_>>>()
     })?;
-    let (stretches, digests): (Vec<_>, Vec<_>) = walked.into_iter().unzip();
-    let expected = digests.into_iter().fold(Digest::default(), Digest::merge);
-    let broken = audit::stitch(&stretches);
+    let mut walks = Vec::new();
+    let (mut expected, mut recorded, mut unreadable) = (Digest::default(), LedgerDigest::default(), 0);
+    for (stretch, index_digest, (ledger_digest, unread)) in walked {
+        walks.push(stretch);
+        expected = expected.merge(index_digest);
+        recorded = recorded.merge(ledger_digest);
+        unreadable += unread;
+    }
+    let broken = audit::stitch(&walks);
     let index = match broken {
         // A walk stops at its first broken link, so it has not seen every row.
         Some(_) => vec!["not checked: the hash chain is broken".to_string()],
         None => index_problems(expected, indexed),
     };
-    Ok((broken, index))
+    Ok((broken, index, (recorded, unreadable)))
 }
 
 fn index_problems(expected: Digest, indexed: Digest) -> Vec<String> {
@@ -315,10 +430,11 @@ mod tests {
                     .unwrap();
                 }
             });
-            let checked = (0..200).map(|_| db.read_sync(books)).collect::<Vec<_>>();
+            let none = Bounds { ledger: 0, audit: 0 };
+            let checked = (0..200).map(|_| db.read_sync(|c| books(c, none))).collect::<Vec<_>>();
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             for checks in checked {
-                for (name, problems) in checks.unwrap() {
+                for (name, problems) in checks.unwrap().0 {
                     assert!(problems.is_empty(), "{name}: {problems:?}");
                 }
             }

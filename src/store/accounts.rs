@@ -308,6 +308,41 @@ pub fn ledger_for_client(conn: &Connection, client_id: &str, limit: u32) -> Stor
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// An order-independent digest of ledger entries, each as (id, account, fund, amount, balance
+/// after): the same entries give the same digest whether read from the ledger or from the audit
+/// entries that recorded them, in any order. Each entry counts by its SHA-256, so no change to
+/// the ledger can be made to cancel out in the sum.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerDigest {
+    pub entries: u64,
+    sum: u128,
+}
+
+impl LedgerDigest {
+    pub fn add(&mut self, id: &str, account: &str, fund: &str, amount: i64, balance_after: i64) {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        // Length-prefixed, so no two different entries hash the same bytes.
+        for field in [id, account, fund] {
+            h.update((field.len() as u64).to_be_bytes());
+            h.update(field.as_bytes());
+        }
+        h.update(amount.to_be_bytes());
+        h.update(balance_after.to_be_bytes());
+        let hash = h.finalize();
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&hash[..16]);
+        self.entries += 1;
+        self.sum = self.sum.wrapping_add(u128::from_be_bytes(first));
+    }
+
+    pub fn merge(mut self, other: LedgerDigest) -> LedgerDigest {
+        self.entries += other.entries;
+        self.sum = self.sum.wrapping_add(other.sum);
+        self
+    }
+}
+
 /// What one pass over the ledger found (see [`check_ledger`]).
 #[derive(Debug, Default)]
 pub struct LedgerCheck {
@@ -318,6 +353,8 @@ pub struct LedgerCheck {
     pub running: Vec<String>,
     /// Accounts named by ledger entries that do not exist: the ledger's one foreign key.
     pub missing_accounts: Vec<String>,
+    /// Every entry up to the `seq` asked for, to compare with what the audit log recorded.
+    pub digest: LedgerDigest,
 }
 
 /// At most this many entries are named in [`LedgerCheck::running`]; a count stands for the rest.
@@ -333,13 +370,14 @@ const NAMED: usize = 100;
 ///
 /// The same pass follows each fund's running balance in the order the entries were written, so
 /// an entry whose `balance_after` was edited, or one taken out of the middle of an account's
-/// ledger, shows even when the totals were made to agree.
-pub fn check_ledger(conn: &Connection) -> StoreResult<LedgerCheck> {
+/// ledger, shows even when the totals were made to agree. Entries up to `digest_through` (a
+/// `seq`) go into [`LedgerCheck::digest`].
+pub fn check_ledger(conn: &Connection, digest_through: i64) -> StoreResult<LedgerCheck> {
     let mut sums: std::collections::HashMap<String, [i128; 3]> = std::collections::HashMap::new();
     let mut found = LedgerCheck::default();
     let mut off_course = 0usize;
     let mut entries =
-        conn.prepare("SELECT account_id, fund_type, amount, balance_after, seq FROM ledger_entries ORDER BY seq")?;
+        conn.prepare("SELECT account_id, fund_type, amount, balance_after, seq, id FROM ledger_entries ORDER BY seq")?;
     let mut rows = entries.query([])?;
     while let Some(r) = rows.next()? {
         let account = text_column(r, 0)?;
@@ -363,13 +401,18 @@ pub fn check_ledger(conn: &Connection) -> StoreResult<LedgerCheck> {
             }
         };
         let balance_after = r.get::<_, i64>(3)?;
+        let seq = r.get::<_, i64>(4)?;
+        if seq <= digest_through {
+            found
+                .digest
+                .add(text_column(r, 5)?, account, fund_type, r.get(2)?, balance_after);
+        }
         if i128::from(balance_after) != running {
             off_course += 1;
             if off_course <= NAMED {
                 found.running.push(format!(
-                    "ledger entry seq {} (account {account}, {fund_type}): balance_after {balance_after} \
+                    "ledger entry seq {seq} (account {account}, {fund_type}): balance_after {balance_after} \
                      but the entries up to it sum to {running} (hundred-millionths)",
-                    r.get::<_, i64>(4)?
                 ));
             }
         }

@@ -232,7 +232,7 @@ pub fn append(conn: &Connection, entry: &Audit) -> StoreResult<String> {
 
 /// Walks the whole chain. Returns a description of the first broken link, if any.
 pub fn verify_chain(conn: &Connection) -> StoreResult<Option<String>> {
-    let stretch = walk_chain(conn, i64::MIN, i64::MAX, |_, _| {})?;
+    let stretch = walk_chain(conn, i64::MIN, i64::MAX, |_| {})?;
     Ok(stitch(&[stretch]))
 }
 
@@ -250,11 +250,18 @@ pub enum Stretch {
     Broken(String),
 }
 
+/// A row as [`walk_chain`] passes it on, its text as stored.
+pub struct Walked<'a> {
+    pub seq: i64,
+    pub target: &'a str,
+    pub details: &'a str,
+}
+
 /// Walks the rows with `from <= seq <= to`: each row's hash must be that of its content and the
 /// hash before it, each row must name the hash of the row before it, and no seq may be missing.
-/// Hashes the stored text itself, without decoding anything. `each` sees every row's target and
-/// seq on the way, for checks that need one pass over the log too.
-pub fn walk_chain(conn: &Connection, from: i64, to: i64, mut each: impl FnMut(&str, i64)) -> StoreResult<Stretch> {
+/// Hashes the stored text itself, without decoding anything. `each` sees every row on the way,
+/// for checks that need one pass over the log too.
+pub fn walk_chain(conn: &Connection, from: i64, to: i64, mut each: impl FnMut(Walked)) -> StoreResult<Stretch> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq, id, at, actor, action, target, outcome, ip, details, prev_hash, hash
          FROM audit_log WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
@@ -266,7 +273,11 @@ pub fn walk_chain(conn: &Connection, from: i64, to: i64, mut each: impl FnMut(&s
         let text = |i: usize| text_column(r, i);
         let seq: i64 = r.get(0)?;
         let (prev_hash, hash) = (text(9)?, text(10)?);
-        each(text(5)?, seq);
+        each(Walked {
+            seq,
+            target: text(5)?,
+            details: text(8)?,
+        });
         // The first row's link is checked by `stitch`, which knows the stretch before.
         if let Some((last_seq, last_hash)) = &last {
             if let Some(why) = broken_link(Some((*last_seq, last_hash)), seq, prev_hash) {
@@ -422,7 +433,7 @@ mod tests {
         db.read_sync(|conn| {
             let stretches = bounds
                 .iter()
-                .map(|&(from, to)| walk_chain(conn, from, to, |_, _| {}))
+                .map(|&(from, to)| walk_chain(conn, from, to, |_| {}))
                 .collect::<StoreResult<Vec<_>>>()?;
             Ok(stitch(&stretches))
         })

@@ -69,9 +69,13 @@ pub fn last_attempt(app: &TestApp) -> Value {
         .unwrap()
 }
 
-/// Gives the client's primary account demo and bonus funds the way an admin adjustment would:
-/// balance and a matching ledger entry each, so `crm verify` still balances.
+/// Gives the client's primary account demo and bonus funds the way an admin adjustment does:
+/// through the CRM's own balance change, so the balance, its ledger entry and the audit entry
+/// recording it agree and `crm verify` passes.
 pub fn set_demo_and_bonus(app: &TestApp, email: &str, demo: &str, bonus: &str) {
+    use crm::domain::FundType;
+    use crm::store::accounts::{apply_balance_change, BalanceChange, Reason};
+    use crm::store::audit::Audit;
     let conn = app.sqlite();
     let account: String = conn
         .query_row(
@@ -81,18 +85,19 @@ pub fn set_demo_and_bonus(app: &TestApp, email: &str, demo: &str, bonus: &str) {
             |r| r.get(0),
         )
         .unwrap();
-    for (fund, amount) in [("demo", atoms(demo)), ("bonus", atoms(bonus))] {
-        conn.execute(
-            &format!("UPDATE accounts SET {fund}_balance = {fund}_balance + ?2 WHERE id = ?1"),
-            rusqlite::params![account, amount],
-        )
-        .unwrap();
-        conn.execute(
-            "INSERT INTO ledger_entries (id, account_id, fund_type, amount, balance_after, reason, actor, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?4, 'adjustment', 'staff:test', '2025-10-13T19:00:00.000Z')",
-            rusqlite::params![uuid::Uuid::new_v4().to_string(), account, fund, amount],
-        )
-        .unwrap();
+    for (fund, amount) in [(FundType::Demo, demo), (FundType::Bonus, bonus)] {
+        let change = BalanceChange {
+            account_id: account.clone(),
+            fund,
+            amount: Money::parse(amount).unwrap(),
+            reason: Reason::Adjustment,
+            notes: String::new(),
+            actor: "staff:test".into(),
+            external_ref: None,
+        };
+        let tx = conn.unchecked_transaction().unwrap();
+        apply_balance_change(&tx, &change, Audit::new("staff:test", "account.adjust_balance", "test")).unwrap();
+        tx.commit().unwrap();
     }
 }
 
