@@ -368,11 +368,14 @@ async fn checks_and_backups_refuse_a_missing_database_and_never_overwrite_the_li
 
     app.register("kept@example.com").await;
     let database = app.dir.path().join("crm.db");
+    std::os::unix::fs::symlink(app.dir.path(), app.dir.path().join("link")).unwrap();
     let spellings = [
         database.clone(),
         app.dir.path().join(".").join("crm.db"),
         app.dir.path().join("crm.db-wal"),
         "crm.db".into(),
+        app.dir.path().join("not-yet").join("..").join("crm.db"),
+        app.dir.path().join("link").join("crm.db"),
     ];
     for out_path in spellings {
         let out = app.crm(&["backup", "--out", out_path.to_str().unwrap()]);

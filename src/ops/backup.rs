@@ -1,8 +1,11 @@
 //! Backups: `crm backup`, and the schedule `serve` runs. A backup is one SQLite file; restoring
 //! is stopping the CRM and copying that file back over the database.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use anyhow::Context;
 
 use crate::store::{snapshot_into, Db, StoreError};
 
@@ -21,42 +24,52 @@ pub fn run(db: &Db, out: Option<&Path>, dir: &Path) -> anyhow::Result<PathBuf> {
             chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
         )),
     };
-    if is_part_of(&target, db.path()) {
-        anyhow::bail!(
-            "{} is the database itself (or one of its files); give the backup another path",
-            target.display()
-        );
+    // The snapshot is written beside the target first (see `snapshot_into`): neither may be the
+    // database's.
+    for path in [&target, &target.with_extension("partial")] {
+        refuse_database_file(path, db.path())?;
     }
     db.read_sync(|conn| snapshot_into(conn, &target).map_err(StoreError::Other))?;
     Ok(target)
 }
 
-/// Whether `target` names the database at `database` or its `-wal`, `-shm` or `-journal` file,
-/// however either path is spelled (relative, through a symbolic link, with `..`).
-fn is_part_of(target: &Path, database: &Path) -> bool {
-    let (Some(target), Some(database)) = (resolved(target), resolved(database)) else {
-        return false;
+/// Fails if `path` names the database at `database` or its `-wal`, `-shm` or `-journal` file,
+/// however it is spelled (relative, through a symbolic link or a folder mounted twice, with
+/// `..`), or if its folder cannot be made and resolved to tell.
+fn refuse_database_file(path: &Path, database: &Path) -> anyhow::Result<()> {
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
     };
+    std::fs::create_dir_all(&folder).with_context(|| format!("cannot create {}", folder.display()))?;
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} names no file", path.display()))?;
+    let resolved = folder
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", folder.display()))?
+        .join(name);
+    let database = database
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", database.display()))?;
     let mut files = vec![database.clone()];
     for suffix in ["-wal", "-shm", "-journal"] {
-        let mut name = database.clone().into_os_string();
-        name.push(suffix);
-        files.push(PathBuf::from(name));
+        let mut file = database.clone().into_os_string();
+        file.push(suffix);
+        files.push(PathBuf::from(file));
     }
-    files.contains(&target)
-}
-
-/// The path with its folder resolved (the file itself need not exist yet).
-fn resolved(path: &Path) -> Option<PathBuf> {
-    if let Ok(full) = path.canonicalize() {
-        return Some(full);
-    }
-    let name = path.file_name()?;
-    let folder = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.canonicalize().ok()?,
-        _ => std::env::current_dir().ok()?,
+    // The same name, or the same file under another name (the folder mounted a second time).
+    let same_file = |a: &Path, b: &Path| match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
     };
-    Some(folder.join(name))
+    if files.iter().any(|f| *f == resolved || same_file(f, &resolved)) {
+        anyhow::bail!(
+            "{} is the database itself (or one of its files); give the backup another path",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// The scheduled backups in `dir`, newest first.
