@@ -8,12 +8,13 @@ use warp::http::{HeaderMap, Method};
 use warp::Filter;
 
 use super::error::ApiError;
-use super::refusals::record;
+use super::refusals::{record, recorded_path};
 use super::{client_ip, with_state, AppState};
 use crate::domain::Role;
 use crate::security::tokens;
 use crate::store::audit::{self, actions, actors, Audit};
 use crate::store::staff::{self, StaffUser};
+use crate::store::StoreError;
 
 /// The staff member making a request.
 #[derive(Debug, Clone)]
@@ -91,18 +92,36 @@ pub fn staff(
                 let header = headers.get("authorization").and_then(|v| v.to_str().ok());
                 let refused = match authenticate(&state, header, ip.clone()).await {
                     Ok(session) => return Ok(session),
-                    Err(refused) => refused,
+                    // The database could not tell (busy, unavailable): not the caller's doing.
+                    Err(Failure::Store(e)) => return Err(e.into()),
+                    Err(Failure::Refused(refused)) => refused,
                 };
                 if state.staff_unauthorized_notices.allow(&ip) {
+                    let details = json!({
+                        "method": method.as_str(),
+                        "path": recorded_path(path.as_str()),
+                        "reason": refused.reason,
+                    });
                     let entry = Audit::new(actors::ANONYMOUS, actions::STAFF_UNAUTHORIZED, refused.target)
                         .failed()
                         .ip(ip)
-                        .details(json!({ "method": method.as_str(), "path": path.as_str(), "reason": refused.reason }));
+                        .details(details);
                     record(&state, entry).await;
                 }
                 Err(ApiError::Unauthorized("Authentication required: log in again".into()))
             },
         )
+}
+
+enum Failure {
+    Refused(Refused),
+    Store(StoreError),
+}
+
+impl From<Refused> for Failure {
+    fn from(refused: Refused) -> Failure {
+        Failure::Refused(refused)
+    }
 }
 
 /// Why a staff request was not authenticated, for its audit entry (never the token itself).
@@ -138,11 +157,11 @@ pub fn bearer(header: Option<&str>) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-async fn authenticate(state: &AppState, header: Option<&str>, ip: String) -> Result<StaffSession, Refused> {
+async fn authenticate(state: &AppState, header: Option<&str>, ip: String) -> Result<StaffSession, Failure> {
     let token = match (header, bearer(header)) {
         (_, Some(token)) => token,
-        (None, None) => return Err(Refused::token("no Authorization header")),
-        (Some(_), None) => return Err(Refused::token("not a Bearer token")),
+        (None, None) => return Err(Refused::token("no Authorization header").into()),
+        (Some(_), None) => return Err(Refused::token("not a Bearer token").into()),
     };
     let current = tokens::verify_staff(token, &[state.secrets.jwt.bytes()]);
     let previous = || {
@@ -156,21 +175,27 @@ async fn authenticate(state: &AppState, header: Option<&str>, ip: String) -> Res
             true,
         ),
     };
-    let user = state
+    let (user, claims) = match state
         .db
         .read(move |conn| staff::get(conn, &claims.sub).map(|u| (u, claims)))
-        .await;
-    let Ok((user, claims)) = user else {
-        return Err(Refused::token("a token for a user that does not exist"));
+        .await
+    {
+        Ok(found) => found,
+        Err(StoreError::NotFound(_)) => return Err(Refused::token("a token for a user that does not exist").into()),
+        Err(e) => return Err(Failure::Store(e)),
     };
     // Disabling or re-enabling the user, a new role and a new password each end every earlier
     // session at once, for good: they move the user's session generation on. A token must also
     // name the role the user has.
     if user.disabled {
-        return Err(Refused::session("a disabled user", &user));
+        return Err(Refused::session("a disabled user", &user).into());
     }
-    if claims.gen != user.session_generation || claims.role != user.role {
-        return Err(Refused::session("a session that has ended", &user));
+    match claims.gen {
+        None => return Err(Refused::session("a session from before session generations (V7)", &user).into()),
+        Some(generation) if generation != user.session_generation || claims.role != user.role => {
+            return Err(Refused::session("a session that has ended", &user).into())
+        }
+        Some(_) => {}
     }
     Ok(StaffSession {
         user,

@@ -45,6 +45,12 @@ pub async fn record(state: &AppState, entry: Audit) {
     }
 }
 
+/// A request's path as an audit entry records it: its first 512 characters, so a refused
+/// request with a long path cannot make a large row in the log that is never pruned.
+pub fn recorded_path(path: &str) -> String {
+    path.chars().take(512).collect()
+}
+
 /// The audit target `<kind>:<id>` of a request about the record its path names: the id as
 /// parsed when it parses, else the text as sent (its first 64 characters, control characters
 /// dropped), so a request refused for a malformed id is recorded under what it asked for.

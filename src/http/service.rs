@@ -20,7 +20,7 @@ use super::auth::bearer;
 use super::body::{self, parse_json};
 use super::error::{respond, ApiError};
 use super::ratelimit::Verdict;
-use super::refusals::{record, record_after_refusal};
+use super::refusals::{record, record_after_refusal, recorded_path};
 use super::views::AccountsView;
 use super::{client_ip, with_state, AppState};
 use crate::config::Secrets;
@@ -410,7 +410,7 @@ async fn authenticate(
         Some(t) => format!("token:{t}"),
         None => format!("ip:{ip}"),
     };
-    let path: String = path.chars().take(512).collect();
+    let path = recorded_path(path);
     if let Some(limiter) = &state.service_limiter {
         if let Verdict::Limited {
             retry_after_secs,

@@ -23,8 +23,10 @@ pub struct StaffClaims {
     pub iss: String,
     pub typ: String,
     /// The user's session generation when the token was issued (see `staff::set_role` and the
-    /// others that move it on); required, so tokens from before it existed are refused.
-    pub gen: i64,
+    /// others that move it on). Tokens from before it existed have none and are refused, as a
+    /// session that ended with the upgrade.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gen: Option<i64>,
 }
 
 /// The guide's SSO payload, exactly: `{clientEmail, impersonatedBy, iat, exp}`.
@@ -55,7 +57,7 @@ pub fn issue_staff(
         exp: iat + STAFF_TTL_SECS,
         iss: STAFF_ISSUER.into(),
         typ: STAFF_TYPE.into(),
-        gen: generation,
+        gen: Some(generation),
     };
     let token = encode(
         &Header::new(Algorithm::HS256),
@@ -157,7 +159,7 @@ mod tests {
             exp: now - 1,
             iss: STAFF_ISSUER.into(),
             typ: STAFF_TYPE.into(),
-            gen: 0,
+            gen: Some(0),
         };
         let token = encode(
             &Header::new(Algorithm::HS256),
