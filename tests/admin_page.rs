@@ -258,6 +258,47 @@ async fn staff_run_the_crm_from_a_browser_and_each_role_sees_only_what_it_may_do
     b.wait_text(&cell("balance"), "310.61345678").await;
     b.wait_for_text("browser test bonus").await; // the ledger shows the entries with their notes
 
+    // Switching the ledger to another account and back while the first page is still on its way
+    // shows only the account now selected: the late answer is dropped, not mixed in.
+    let (status, sub) = app
+        .staff(
+            Method::POST,
+            &format!("/api/clients/{client_id}/subaccounts"),
+            &admin,
+            Some(json!({ "currency": "EUR" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{sub}");
+    let sub_id = sub["id"].as_str().unwrap().to_string();
+    let booked = json!({ "amount": "7.77", "fundType": "bonus", "notes": "SUBACCOUNT ENTRY" });
+    let path = format!("/api/accounts/{sub_id}/adjust-balance");
+    assert_eq!(app.staff(Method::POST, &path, &admin, Some(booked)).await.0, 200);
+    b.js("location.reload()", vec![]).await;
+    b.find(&format!("select[name=ledger-account] option[value='{sub_id}']")).await;
+    b.wait_for_text("browser test bonus").await;
+    b.js(
+        "const slow = arguments[0]; const real = window.fetch; window.__late = false;
+         window.fetch = (url, opts) => String(url).includes(slow)
+           ? new Promise((done) => setTimeout(done, 1000))
+               .then(() => real(url, opts)).then((r) => { window.__late = true; return r; })
+           : real(url, opts);",
+        vec![json!(format!("/api/accounts/{sub_id}/ledger"))],
+    )
+    .await;
+    b.select("select[name=ledger-account]", &sub_id).await;
+    b.select("select[name=ledger-account]", &primary).await;
+    b.wait_until("the late answer", || async {
+        b.js("return window.__late", vec![]).await == json!(true)
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let ledger = b.js("return document.body.innerText", vec![]).await;
+    let ledger = ledger.as_str().unwrap();
+    assert!(ledger.contains("browser test bonus"), "{ledger}");
+    assert!(!ledger.contains("SUBACCOUNT ENTRY"), "{ledger}");
+    b.js("location.reload()", vec![]).await;
+    b.wait_for_text("browser test bonus").await;
+
     // A refused adjustment shows the API's message beside the confirmation and changes nothing.
     b.select("#adjust-form select[name=fundType]", "real").await;
     b.type_into("#adjust-form input[name=amount]", "-1000").await;

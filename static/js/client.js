@@ -275,16 +275,18 @@ function renderLedger(el, ctx) {
   const more = h('button', { type: 'button', hidden: true }, 'Older entries');
   let cursor = '';
   let entries = [];
+  // Only the answer to the latest request is shown: switching accounts while a page is on its
+  // way must not mix that page (or its cursor) into the other account's ledger.
+  let latest = 0;
   async function load(reset) {
-    if (reset) {
-      cursor = '';
-      entries = [];
-      body.replaceChildren(h('p', { class: 'loading' }, 'Loading…'));
-    }
+    const mine = ++latest;
+    const [shown, before] = reset ? [[], ''] : [entries, cursor];
+    if (reset) body.replaceChildren(h('p', { class: 'loading' }, 'Loading…'));
     showError(error, '');
     try {
-      const res = await api('GET', `/api/accounts/${encodeURIComponent(account.value)}/ledger${query({ before: cursor, limit: 50 })}`);
-      entries = entries.concat(res.entries || []);
+      const res = await api('GET', `/api/accounts/${encodeURIComponent(account.value)}/ledger${query({ before, limit: 50 })}`);
+      if (mine !== latest) return;
+      entries = shown.concat(res.entries || []);
       cursor = res.nextCursor || '';
       more.hidden = !cursor;
       body.replaceChildren(entries.length
@@ -300,7 +302,7 @@ function renderLedger(el, ctx) {
         ], entries)
         : h('p', { class: 'empty' }, 'No ledger entries yet.'));
     } catch (e) {
-      showError(error, e.message);
+      if (mine === latest) showError(error, e.message);
     }
   }
   account.addEventListener('change', () => {
