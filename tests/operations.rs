@@ -578,7 +578,7 @@ async fn metrics_count_requests_by_route_and_status() {
         "{text}"
     );
     assert!(
-        text.contains("crm_http_requests_total{route=\"/no/such\",status=\"404\"} 1"),
+        text.contains("crm_http_requests_total{route=\"unmatched\",status=\"404\"} 1"),
         "{text}"
     );
     assert!(

@@ -1,23 +1,25 @@
 //! `GET /metrics`: Prometheus text format. Request counts by route and status, a latency
 //! histogram by route, webhook outcomes, and the database pool.
 //!
-//! Route labels are paths with ids and emails folded (`/api/clients/:id`), and at most
-//! [`MAX_ROUTES`] distinct ones are kept, so hostile URLs cannot grow memory without bound.
+//! Route labels are paths with ids and emails folded (`/api/clients/:id`). Only the CRM's own
+//! routes and page files get a label of their own; every other path is counted as `unmatched`,
+//! so scanners probing random paths neither grow memory nor crowd out the real routes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use warp::Filter;
 
 use super::error::{respond, ApiError};
-use super::{with_state, AppState};
+use super::{openapi, static_files, with_state, AppState};
 
 const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
-const MAX_ROUTES: usize = 100;
+/// The label of every request to a path that is no route of the CRM.
+const UNMATCHED: &str = "unmatched";
 
 #[derive(Default)]
 struct RouteStats {
@@ -34,14 +36,11 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn record(&self, path: &str, status: u16, elapsed: Duration) {
-        let label = route_label(path);
+        let mut label = route_label(path);
+        if !known_routes().contains(&label) {
+            label = UNMATCHED.to_string();
+        }
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        // One slot stays free for "other" itself.
-        let label = if routes.contains_key(&label) || routes.len() < MAX_ROUTES - 1 {
-            label
-        } else {
-            "other".into()
-        };
         let stats = routes.entry(label).or_default();
         *stats.by_status.entry(status).or_default() += 1;
         let secs = elapsed.as_secs_f64();
@@ -84,6 +83,28 @@ impl Metrics {
             );
         }
     }
+}
+
+/// The labels of the CRM's routes: every path of the API reference with its parameters folded
+/// as [`route_label`] folds them (`{email}` to `:email`, any other to `:id`), and every file of
+/// the admin page.
+fn known_routes() -> &'static HashSet<String> {
+    static KNOWN: OnceLock<HashSet<String>> = OnceLock::new();
+    KNOWN.get_or_init(|| {
+        let reference: serde_json::Value = serde_json::from_str(openapi::DOCUMENT).unwrap_or_default();
+        let documented = reference["paths"].as_object().into_iter().flatten().map(|(path, _)| {
+            let folded: Vec<&str> = path
+                .split('/')
+                .map(|segment| match segment.strip_prefix('{') {
+                    Some(name) if name.to_ascii_lowercase().contains("email") => ":email",
+                    Some(_) => ":id",
+                    None => segment,
+                })
+                .collect();
+            folded.join("/")
+        });
+        documented.chain(static_files::request_paths()).collect()
+    })
 }
 
 /// Folds the parts of a path that vary per record, and escapes what Prometheus labels cannot hold.
@@ -166,12 +187,34 @@ mod tests {
         assert_eq!(route_label("/x\"}{evil"), "/xevil");
     }
 
+    /// Paths that are no route of the CRM share one label, however many there are, and the
+    /// routes keep theirs (with ids and emails folded), page files included.
     #[test]
-    fn route_labels_are_bounded() {
+    fn only_the_crms_own_routes_get_a_label() {
         let m = Metrics::default();
         for i in 0..500 {
             m.record(&format!("/random/{i}"), 404, Duration::from_millis(1));
         }
-        assert!(m.routes.lock().unwrap().len() <= MAX_ROUTES);
+        let ms = Duration::from_millis(1);
+        m.record("/api/service/clients/a%40b.com", 200, ms);
+        m.record("/api/accounts/550e8400-e29b-41d4-a716-446655440000/ledger", 200, ms);
+        m.record("/api/service/accounts/a@b.com", 404, ms);
+        m.record("/", 200, ms);
+        m.record("/js/client.js", 200, ms);
+        m.record("/api/clients/not-an-id", 400, ms);
+        let routes = m.routes.lock().unwrap();
+        let labels: Vec<&str> = routes.keys().map(String::as_str).collect();
+        assert_eq!(
+            labels,
+            [
+                "/",
+                "/api/accounts/:id/ledger",
+                "/api/service/accounts/:email",
+                "/api/service/clients/:email",
+                "/js/client.js",
+                UNMATCHED
+            ]
+        );
+        assert_eq!(routes[UNMATCHED].count, 501);
     }
 }

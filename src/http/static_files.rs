@@ -29,6 +29,11 @@ pub fn routes() -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
+/// Every request path that names a file of the page (`/` for `index.html`).
+pub fn request_paths() -> impl Iterator<Item = String> {
+    std::iter::once("/".to_string()).chain(Assets::iter().map(|name| format!("/{name}")))
+}
+
 /// The embedded file a request path names, with its name, if the path is a safe one.
 fn asset(request_path: &str) -> Option<(String, Vec<u8>)> {
     let name = match request_path.strip_prefix('/')? {
