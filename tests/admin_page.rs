@@ -94,6 +94,19 @@ async fn a_page_file_answers_only_get_and_unknown_paths_stay_404() {
     assert_eq!(status, 404, "the page must not turn unknown paths into 405s");
     let (status, body) = app.get("/healthz").await;
     assert_eq!(status, 200, "the page must not shadow other routes: {body}");
+    // HEAD, as uptime monitors and `curl -I` send it: the GET's status and headers, no body.
+    for path in ["/healthz", "/", "/app.js"] {
+        let get = app.http.get(app.url(path)).send().await.unwrap();
+        let head = app.http.head(app.url(path)).send().await.unwrap();
+        assert_eq!(head.status(), 200, "{path}");
+        assert_eq!(head.headers()["content-type"], get.headers()["content-type"], "{path}");
+        assert_eq!(
+            head.headers()["content-length"],
+            get.headers()["content-length"],
+            "{path}"
+        );
+        assert!(head.bytes().await.unwrap().is_empty(), "{path}");
+    }
 }
 
 /// The CSP forbids inline script and style; the page must not need them, and must never build
@@ -274,7 +287,8 @@ async fn staff_run_the_crm_from_a_browser_and_each_role_sees_only_what_it_may_do
     let path = format!("/api/accounts/{sub_id}/adjust-balance");
     assert_eq!(app.staff(Method::POST, &path, &admin, Some(booked)).await.0, 200);
     b.js("location.reload()", vec![]).await;
-    b.find(&format!("select[name=ledger-account] option[value='{sub_id}']")).await;
+    b.find(&format!("select[name=ledger-account] option[value='{sub_id}']"))
+        .await;
     b.wait_for_text("browser test bonus").await;
     b.js(
         "const slow = arguments[0]; const real = window.fetch; window.__late = false;

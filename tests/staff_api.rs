@@ -1199,3 +1199,24 @@ async fn misspelt_fields_are_refused_and_change_nothing() {
         .await;
     assert_eq!(notes["notes"], json!([]), "{notes}");
 }
+
+/// A list or export given a parameter it does not take answers 400 naming it, rather than
+/// ignoring it: `audit.csv?targt=` meant for one client must not export every client.
+#[tokio::test]
+async fn list_endpoints_refuse_unknown_query_parameters() {
+    let app = spawn_app();
+    let admin = app.admin_token().await;
+    let c = client(&app, "params@example.com");
+    for (path, unknown) in [
+        (format!("/api/audit?targt=client:{}", c.id), "targt"),
+        (format!("/api/audit.csv?targt=client:{}", c.id), "targt"),
+        ("/api/clients?query=params".to_string(), "query"),
+        (format!("/api/accounts/{}/ledger?page=2", c.account), "page"),
+    ] {
+        let (status, body) = app.staff(Method::GET, &path, &admin, None).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body["error"].as_str().unwrap().contains(unknown), "{path}: {body}");
+    }
+    let target = format!("/api/audit.csv?target=client:{}", c.id);
+    assert_eq!(app.staff(Method::GET, &target, &admin, None).await.0, 200);
+}

@@ -64,6 +64,7 @@ async fn ledger(
     session?;
     let id = raw_id.parse::<AccountId>()?.to_string();
     let params = params?;
+    query::only(&params, &["before", "limit"])?;
     let before = match query::text(&params, "before") {
         Some(raw) => Some(
             uuid::Uuid::parse_str(raw)

@@ -87,6 +87,10 @@ fn read_all(conn: &rusqlite::Connection, mut q: AuditQuery, limit: u32) -> crate
 /// `to` are RFC 3339 times or dates (a `to` date includes that whole day); `before` is a
 /// `nextCursor`.
 fn filters(params: &Params) -> Result<AuditQuery, ApiError> {
+    query::only(
+        params,
+        &["actor", "action", "outcome", "target", "from", "to", "before", "limit"],
+    )?;
     let exact = |name: &str| -> Result<Option<String>, ApiError> {
         match query::text(params, name) {
             Some(v) if v.chars().count() > MAX_FILTER_CHARS => Err(ApiError::BadRequest(format!(

@@ -71,6 +71,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(warp::reply::Response,)> {
 async fn list(state: AppState, session: Session, params: Result<Params, ApiError>) -> Result<impl Reply, ApiError> {
     session?;
     let params = params?;
+    query::only(&params, &["q", "after", "limit"])?;
     let term = query::text(&params, "q").map(|t| t.chars().take(MAX_SEARCH_CHARS).collect::<String>());
     let after = match query::text(&params, "after") {
         Some(raw) => Some(query::decode_cursor(raw, 2)?),

@@ -1,14 +1,14 @@
-//! `GET /healthz`: 200 when the database answers, 503 otherwise.
+//! `GET /healthz` (or HEAD): 200 when the database answers, 503 otherwise.
 
 use serde_json::json;
 use warp::Filter;
 
 use super::error::{respond, ApiError};
-use super::{with_state, AppState};
+use super::{get_or_head, with_state, AppState};
 
 pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
     warp::path!("healthz")
-        .and(warp::get())
+        .and(get_or_head())
         .and(with_state(state))
         .then(|state: AppState| async move { respond(check(state).await) })
         .boxed()

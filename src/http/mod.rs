@@ -87,6 +87,12 @@ impl AppState {
     }
 }
 
+/// GET, or HEAD for the same answer without its body (hyper leaves the body out): for what
+/// uptime monitors and `curl -I` ask for, the health check and the page's files.
+pub fn get_or_head() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::get().or(warp::head()).unify()
+}
+
 /// Hands a clone of the state to a handler.
 pub fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error = std::convert::Infallible> + Clone {
     warp::any().map(move || state.clone())

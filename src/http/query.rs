@@ -17,6 +17,19 @@ pub fn params() -> impl Filter<Extract = (Result<Params, ApiError>,), Error = st
         .unify()
 }
 
+/// 400 for a parameter the endpoint does not take: a misspelt filter (`targt=`) must not
+/// silently widen a list or an export to everything.
+pub fn only(params: &Params, allowed: &[&str]) -> Result<(), ApiError> {
+    match params.keys().find(|k| !allowed.contains(&k.as_str())) {
+        None => Ok(()),
+        Some(unknown) => Err(ApiError::BadRequest(format!(
+            "unknown query parameter '{}'; use {}",
+            unknown.chars().take(40).collect::<String>(),
+            allowed.join(", ")
+        ))),
+    }
+}
+
 /// A non-empty parameter, trimmed; an empty one counts as absent, as an HTML form sends it.
 pub fn text<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
     params.get(name).map(|v| v.trim()).filter(|v| !v.is_empty())

@@ -18,13 +18,13 @@ use warp::Filter;
 #[folder = "static/"]
 struct Assets;
 
-/// Every embedded file by its path, `GET` only. A path that names no file is rejected as not
-/// found (never answered here), so the API's own 404/405 answers are not masked; a file requested
-/// with another method gets 405.
+/// Every embedded file by its path, `GET` or `HEAD` only. A path that names no file is rejected
+/// as not found (never answered here), so the API's own 404/405 answers are not masked; a file
+/// requested with another method gets 405.
 pub fn routes() -> BoxedFilter<(Response,)> {
     warp::path::full()
         .and_then(|path: FullPath| async move { asset(path.as_str()).ok_or_else(warp::reject::not_found) })
-        .and(warp::get())
+        .and(super::get_or_head())
         .map(|(name, body): (String, Vec<u8>)| reply(&name, body))
         .boxed()
 }
