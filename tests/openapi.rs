@@ -83,9 +83,12 @@ fn scan(source: &str) -> Vec<SourceRoute> {
         }
         let window_end = starts.get(n + 1).copied().unwrap_or(code.len());
         let window = &code[close..window_end];
+        // `get_or_head()` (src/http/mod.rs) is GET as the document describes it; HEAD is the
+        // same answer without its body.
         let method = METHODS
             .iter()
             .filter_map(|m| window.find(&format!("::{m}()")).map(|at| (at, m.to_uppercase())))
+            .chain(window.find("get_or_head()").map(|at| (at, "GET".to_string())))
             .min()
             .map(|(_, m)| m);
         routes.push(SourceRoute {
