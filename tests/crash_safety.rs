@@ -157,3 +157,27 @@ async fn acknowledged_deposits_survive_sigkill_and_a_full_resend_applies_each_ex
         app.assert_books_balance();
     }
 }
+
+/// When the WAL can no longer be synced (here: its file replaced under the running CRM, which
+/// goes on writing to the one it opened), no write is acknowledged any more, not even after the
+/// file is back, and the health check says so: only a restart, and SQLite's recovery from what
+/// reached the disk, decide what was written.
+#[tokio::test]
+async fn once_a_wal_sync_fails_no_write_is_acknowledged_and_health_fails() {
+    let app = spawn_app();
+    app.register("sync@example.com").await;
+    assert_eq!(app.deposit("sync@example.com", "1", "SYNC-1").await.0, 200);
+    assert_eq!(app.get("/healthz").await.0, 200);
+    let wal = app.dir.path().join("crm.db-wal");
+    let moved = app.dir.path().join("moved-wal");
+    std::fs::rename(&wal, &moved).unwrap();
+    std::fs::write(&wal, b"").unwrap();
+    let (status, body) = app.deposit("sync@example.com", "1", "SYNC-2").await;
+    assert_eq!(status, 500, "{body}");
+    std::fs::remove_file(&wal).unwrap();
+    std::fs::rename(&moved, &wal).unwrap();
+    let (status, body) = app.deposit("sync@example.com", "1", "SYNC-3").await;
+    assert_eq!(status, 500, "still refused once the file is back: {body}");
+    let (status, body) = app.get("/healthz").await;
+    assert_eq!(status, 503, "{body}");
+}

@@ -1,4 +1,5 @@
-//! `GET /healthz` (or HEAD): 200 when the database answers, 503 otherwise.
+//! `GET /healthz` (or HEAD): 200 when the database answers and its writes can be made durable,
+//! 503 otherwise (a failed WAL sync fails every write until the CRM is restarted).
 
 use serde_json::json;
 use warp::Filter;
@@ -15,6 +16,9 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Respo
 }
 
 async fn check(state: AppState) -> Result<impl warp::Reply, ApiError> {
+    if state.db.sync_failed() {
+        return Err(ApiError::Unavailable);
+    }
     state
         .db
         .read(|conn| Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))

@@ -162,7 +162,7 @@ impl Db {
         // and the writer's commits are made durable by syncing the WAL after them (see `wal_file`).
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
         writer.pragma_update(None, "synchronous", "NORMAL")?;
-        let wal = Arc::new(wal_file::WalFile::open(path).context("cannot open the database's WAL file")?);
+        let wal = Arc::new(wal_file::WalFile::open(&writer).context("cannot open the database's WAL file")?);
         writer.pragma_update(None, "journal_size_limit", checkpoint::WAL_SIZE_LIMIT)?;
         let writer = Arc::new(Mutex::new(writer));
         let (checkpoint, checkpointer) =
@@ -182,6 +182,12 @@ impl Db {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether a sync of the WAL has failed since start-up: writes can no longer be made durable
+    /// and fail until the CRM is restarted (see `WalFile::sync`).
+    pub fn sync_failed(&self) -> bool {
+        self.wal.has_failed()
     }
 
     /// Reader pool size and idle connections, for `/metrics`.

@@ -14,37 +14,73 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+
+use rusqlite::Connection;
 
 pub struct WalFile {
     path: PathBuf,
     file: Mutex<File>,
+    /// Set by the first sync that failed: every sync after it fails too (see [`WalFile::sync`]).
+    failed: AtomicBool,
 }
 
 impl WalFile {
-    /// The WAL of the database at `db_path`, which must already be open in WAL mode.
-    pub fn open(db_path: &Path) -> io::Result<WalFile> {
-        let mut path = db_path.as_os_str().to_owned();
-        path.push("-wal");
-        let path = PathBuf::from(path);
+    /// The WAL of the database `conn` has open in WAL mode, found where SQLite itself put it: by
+    /// the database's path as SQLite resolved it, so a database reached through a symbolic link
+    /// has its WAL beside the real file, not beside the link.
+    pub fn open(conn: &Connection) -> io::Result<WalFile> {
+        let database = conn
+            .path()
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| io::Error::other("the database is not a file"))?;
+        let path = PathBuf::from(format!("{database}-wal"));
         let file = File::open(&path)?;
         Ok(WalFile {
             path,
             file: Mutex::new(file),
+            failed: AtomicBool::new(false),
         })
     }
 
     /// Makes everything written to the WAL so far durable.
+    ///
+    /// Once a sync has failed, every later one fails too, until the CRM is restarted: the kernel
+    /// may have dropped the pages it could not write and reports that only once, so a later
+    /// sync that succeeds would prove nothing about those commits, nor about the ones after them
+    /// (WAL recovery stops at the first frame missing). The writes waiting on it are answered
+    /// with an error, and on restart SQLite's recovery decides from what is on the disk. A WAL
+    /// file replaced or deleted under the running CRM fails the same way: SQLite goes on
+    /// writing to the file it opened, so syncing another one would prove nothing either.
     pub fn sync(&self) -> io::Result<()> {
-        let mut file = self.file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        // SQLite deletes the WAL only when the last connection closes, and the writer's stays open
-        // as long as this does; should the file ever have been replaced anyway, sync the new one.
-        let (ours, current) = (file.metadata()?, std::fs::metadata(&self.path)?);
-        if (ours.dev(), ours.ino()) != (current.dev(), current.ino()) {
-            *file = File::open(&self.path)?;
+        if self.has_failed() {
+            return Err(io::Error::other(
+                "an earlier sync of the WAL failed: restart the CRM (SQLite recovers from what reached the disk)",
+            ));
         }
-        file.sync_data()
+        let file = self.file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let synced = same_file(&file, &self.path).and_then(|()| file.sync_data());
+        if synced.is_err() {
+            self.failed.store(true, Ordering::SeqCst);
+        }
+        synced
+    }
+
+    /// Whether a sync has failed since the CRM started: its writes can no longer be made durable.
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+}
+
+/// Fails unless `path` still names the file `file` has open.
+fn same_file(file: &File, path: &std::path::Path) -> io::Result<()> {
+    let (ours, current) = (file.metadata()?, std::fs::metadata(path)?);
+    if (ours.dev(), ours.ino()) == (current.dev(), current.ino()) {
+        Ok(())
+    } else {
+        Err(io::Error::other("the WAL file was replaced while the CRM was running"))
     }
 }
 
@@ -52,18 +88,48 @@ impl WalFile {
 mod tests {
     use super::*;
 
+    fn wal_mode(path: &std::path::Path) -> Connection {
+        let conn = Connection::open(path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        conn
+    }
+
+    /// SQLite puts the WAL of a database reached through a symbolic link beside the real file;
+    /// that is the one synced, even when a stray file sits beside the link.
     #[test]
-    fn a_replaced_wal_is_reopened_rather_than_syncing_a_deleted_file() {
+    fn the_wal_synced_is_the_one_sqlite_writes_through_a_symbolic_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let (real, link) = (dir.path().join("real"), dir.path().join("link"));
+        std::fs::create_dir_all(&real).unwrap();
+        std::fs::create_dir_all(&link).unwrap();
+        std::fs::write(real.join("crm.db"), b"").unwrap();
+        std::os::unix::fs::symlink(real.join("crm.db"), link.join("crm.db")).unwrap();
+        std::fs::write(link.join("crm.db-wal"), b"stray").unwrap();
+        let conn = wal_mode(&link.join("crm.db"));
+        let wal = WalFile::open(&conn).unwrap();
+        let synced = std::fs::metadata(&wal.path).unwrap().ino();
+        assert_eq!(synced, std::fs::metadata(real.join("crm.db-wal")).unwrap().ino());
+        wal.sync().unwrap();
+    }
+
+    /// A WAL replaced under the running CRM fails the sync, and so does every sync after a
+    /// failure, even once the file is back.
+    #[test]
+    fn after_a_failed_sync_every_sync_fails() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("t.db");
+        let conn = wal_mode(&db);
+        let wal = WalFile::open(&conn).unwrap();
+        wal.sync().unwrap();
         let wal_path = dir.path().join("t.db-wal");
-        std::fs::write(&wal_path, b"old").unwrap();
-        let wal = WalFile::open(&db).unwrap();
-        wal.sync().unwrap();
-        std::fs::remove_file(&wal_path).unwrap();
-        std::fs::write(&wal_path, b"new").unwrap();
-        wal.sync().unwrap();
-        let held = wal.file.lock().unwrap().metadata().unwrap();
-        assert_eq!(held.ino(), std::fs::metadata(&wal_path).unwrap().ino());
+        let moved = dir.path().join("moved");
+        std::fs::rename(&wal_path, &moved).unwrap();
+        std::fs::write(&wal_path, b"another file").unwrap();
+        assert!(wal.sync().is_err(), "a replaced WAL");
+        assert!(wal.has_failed());
+        std::fs::rename(&moved, &wal_path).unwrap();
+        assert!(wal.sync().is_err(), "still failed once the file is back");
     }
 }
