@@ -41,26 +41,53 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
         tracing::info!(%addr, database = %settings.database.display(), "CRM started");
         // Tests and scripts read this line to learn the port when listening on :0.
         println!("listening on http://{addr}");
-        if let Some(interval) = settings.backup_interval {
+        let (stop_backups, backups_stop) = tokio::sync::watch::channel(());
+        let backups = settings.backup_interval.map(|interval| {
             tokio::spawn(crate::ops::backup::schedule(
                 db.clone(),
                 settings.backup_dir.clone(),
                 interval,
                 settings.backup_keep,
-            ));
-        }
+                backups_stop,
+            ))
+        });
         let indexer = audit_index::spawn(db.clone()).context("cannot start the audit index thread")?;
         let state = AppState::new(db.clone(), settings.clone(), secrets);
         http::serve(state, listener, shutdown).await;
-        tokio::task::spawn_blocking(|| indexer.stop()).await?;
-        // Up to 128 MiB of committed writes may still be in the WAL (see store::checkpoint).
-        if let Err(e) = db.checkpoint_fully() {
-            tracing::warn!(error = %e, "could not fold the WAL into the database file on the way out");
+        // A backup still reading would hold up the fold below: it finishes first.
+        drop(stop_backups);
+        if let Some(backups) = backups {
+            backups.await?;
         }
+        tokio::task::spawn_blocking(|| indexer.stop()).await?;
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || fold_wal(&db)).await?;
         tracing::info!("CRM stopped");
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Up to 128 MiB of committed writes may still be in the WAL (see store::checkpoint): folded into
+/// the database file on the way out, so `crm.db` alone is the whole database. Another program
+/// reading it (`crm verify`, `crm backup`) holds the fold up; it is retried for half a minute,
+/// then the WAL is left in place, said loudly: it must stay beside `crm.db`.
+fn fold_wal(db: &Db) {
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+    let started = std::time::Instant::now();
+    loop {
+        match db.checkpoint_fully() {
+            Ok(()) => return,
+            Err(e) if started.elapsed() >= PATIENCE => {
+                tracing::error!(
+                    error = %e,
+                    "could not fold the WAL into the database file on the way out: keep crm.db-wal beside crm.db (it holds committed writes)"
+                );
+                return;
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(200)),
+        }
+    }
 }
 
 /// With no staff user at all, nobody could log in: create `admin` and print its password once.

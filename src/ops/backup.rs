@@ -100,10 +100,23 @@ pub fn prune(dir: &Path, keep: usize) -> anyhow::Result<()> {
 
 /// `serve`'s schedule: a backup every `interval`, keeping the newest `keep`. The first one is
 /// taken one interval after start-up. Failures are logged and retried at the next tick.
-pub async fn schedule(db: Db, dir: PathBuf, interval: Duration, keep: usize) {
+///
+/// Ends when `stop` changes (or its sender is gone), after the backup in progress, if any: the
+/// server folds its WAL into the database file on the way out, which a snapshot still reading
+/// would hold up.
+pub async fn schedule(
+    db: Db,
+    dir: PathBuf,
+    interval: Duration,
+    keep: usize,
+    mut stop: tokio::sync::watch::Receiver<()>,
+) {
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
         let (db, dir) = (db.clone(), dir.clone());
         let result = tokio::task::spawn_blocking(move || -> anyhow::Result<PathBuf> {
             let path = run(&db, None, &dir)?;

@@ -330,7 +330,8 @@ impl Db {
 }
 
 /// Writes a consistent snapshot of the database behind `conn` to `target`: first under a
-/// temporary name, synced, then renamed, so a half-written file never looks like a backup.
+/// temporary name, synced, then renamed (and the rename synced), so a half-written file never
+/// looks like a backup.
 /// `VACUUM INTO` reads inside one transaction, so concurrent writers do not tear the copy.
 pub fn snapshot_into(conn: &Connection, target: &Path) -> anyhow::Result<()> {
     if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -343,6 +344,13 @@ pub fn snapshot_into(conn: &Connection, target: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("writing the snapshot to {} failed", tmp.display()))?;
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, target).with_context(|| format!("cannot move the snapshot to {}", target.display()))?;
+    // The rename itself is durable only once its folder is synced: before that, a power cut
+    // could leave the backup under its temporary name.
+    let folder = target
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(folder)?.sync_all()?;
     Ok(())
 }
 
