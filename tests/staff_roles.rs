@@ -347,6 +347,18 @@ async fn refused_staff_tokens_are_audited_with_their_reason_and_bounded_per_addr
     let rows = audit_rows(&app, "auth.unauthorized").len() as u64;
     let allowance = 10 + started.elapsed().as_secs() / 6;
     assert!((10..=allowance).contains(&rows), "{rows} entries, {allowance} allowed");
+
+    // The refusals not written are counted, and the address's next entry says how many: the log
+    // accounts for all 27 attempts.
+    tokio::time::sleep(std::time::Duration::from_millis(6500)).await;
+    assert_eq!(me(Some(forged.clone())).await, 401);
+    let rows = audit_rows(&app, "auth.unauthorized");
+    let accounted: u64 = rows
+        .iter()
+        .map(|r| 1 + r.3.get("unrecordedBefore").map_or(0, |n| n.as_u64().unwrap()))
+        .sum();
+    assert_eq!(accounted, 27, "{rows:?}");
+    assert!(rows.last().unwrap().3["unrecordedBefore"].as_u64().unwrap() > 0);
 }
 
 #[tokio::test]

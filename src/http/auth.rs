@@ -8,7 +8,7 @@ use warp::http::{HeaderMap, Method};
 use warp::Filter;
 
 use super::error::ApiError;
-use super::refusals::{record, recorded_path};
+use super::refusals::{record, recorded_path, with_unrecorded};
 use super::{client_ip, with_state, AppState};
 use crate::domain::Role;
 use crate::security::tokens;
@@ -96,7 +96,7 @@ pub fn staff(
                     Err(Failure::Store(e)) => return Err(e.into()),
                     Err(Failure::Refused(refused)) => refused,
                 };
-                if state.staff_unauthorized_notices.allow(&ip) {
+                if let Some(unrecorded) = state.staff_unauthorized_notices.allow(&ip) {
                     let details = json!({
                         "method": method.as_str(),
                         "path": recorded_path(path.as_str()),
@@ -105,7 +105,7 @@ pub fn staff(
                     let entry = Audit::new(actors::ANONYMOUS, actions::STAFF_UNAUTHORIZED, refused.target)
                         .failed()
                         .ip(ip)
-                        .details(details);
+                        .details(with_unrecorded(details, unrecorded));
                     record(&state, entry).await;
                 }
                 Err(ApiError::Unauthorized("Authentication required: log in again".into()))

@@ -4,8 +4,9 @@
 //! A caller is the token that authenticated it, or its IP address when it has none, so guessing
 //! the token is limited as well.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use governor::clock::Clock;
@@ -28,23 +29,51 @@ pub const UNAUTHENTICATED_AUDITS_PER_MINUTE: NonZeroU32 = NonZeroU32::new(10).un
 
 /// How many audit entries one kind of refusal may write per key and minute, so a flood of
 /// refused requests (which are cheap to send) does not turn into a flood of rows in the
-/// append-only audit log. Used for rate-limited and for unauthenticated service calls.
-pub struct Notices(DefaultKeyedRateLimiter<String>);
+/// append-only audit log. The refusals not written are counted, and the key's next entry says
+/// how many there were, so the log still accounts for every attempt. Used for rate-limited and
+/// for unauthenticated service and staff calls.
+pub struct Notices {
+    allowance: DefaultKeyedRateLimiter<String>,
+    /// Refusals per key not written since the key's last entry.
+    unrecorded: Mutex<HashMap<String, u64>>,
+}
+
+/// Keys whose unwritten refusals are counted at most: a flood from more addresses than this
+/// still gets each address's first entries written, only not the count of the rest.
+const MAX_COUNTED_KEYS: usize = 100_000;
 
 impl Notices {
     pub fn per_minute(n: NonZeroU32) -> Notices {
-        Notices(RateLimiter::keyed(Quota::per_minute(n)))
+        Notices::with_quota(Quota::per_minute(n))
     }
 
-    /// Whether a refusal for `key` may be audited now (and counts it if so).
-    pub fn allow(&self, key: &str) -> bool {
-        self.0.check_key(&key.to_string()).is_ok()
+    fn with_quota(quota: Quota) -> Notices {
+        Notices {
+            allowance: RateLimiter::keyed(quota),
+            unrecorded: Mutex::default(),
+        }
     }
 
-    /// Forgets keys whose allowance is full again.
+    /// `Some(n)` when a refusal for `key` may be audited now, `n` being the refusals for the key
+    /// not audited since its last entry (for the new entry to say); `None` when this one is not
+    /// audited (it is counted for the next).
+    pub fn allow(&self, key: &str) -> Option<u64> {
+        let mut unrecorded = self.unrecorded.lock().unwrap_or_else(|p| p.into_inner());
+        if self.allowance.check_key(&key.to_string()).is_ok() {
+            return Some(unrecorded.remove(key).unwrap_or(0));
+        }
+        if let Some(n) = unrecorded.get_mut(key) {
+            *n += 1;
+        } else if unrecorded.len() < MAX_COUNTED_KEYS {
+            unrecorded.insert(key.to_string(), 1);
+        }
+        None
+    }
+
+    /// Forgets keys whose allowance is full again (their unwritten refusals stay counted).
     pub fn retain_recent(&self) {
-        self.0.retain_recent();
-        self.0.shrink_to_fit();
+        self.allowance.retain_recent();
+        self.allowance.shrink_to_fit();
     }
 }
 
@@ -53,8 +82,9 @@ pub enum Verdict {
     Allowed,
     Limited {
         retry_after_secs: u64,
-        /// The first refusal in a while: worth an audit entry.
-        notify: bool,
+        /// The first refusal in a while: worth an audit entry, which says how many refusals
+        /// before it were not written (see [`Notices::allow`]).
+        notify: Option<u64>,
     },
 }
 
@@ -149,9 +179,9 @@ mod tests {
         };
         // One call comes back every 20 seconds at 3 per minute.
         assert!((1..=20).contains(&retry_after_secs), "{retry_after_secs}");
-        assert!(notify, "the first refusal is audited");
+        assert_eq!(notify, Some(0), "the first refusal is audited");
         assert!(
-            matches!(limiter.check("token:current"), Verdict::Limited { notify: false, .. }),
+            matches!(limiter.check("token:current"), Verdict::Limited { notify: None, .. }),
             "later refusals in the same minute are not audited again"
         );
         assert_eq!(limiter.check("ip:10.0.0.1"), Verdict::Allowed);
@@ -161,8 +191,23 @@ mod tests {
     #[test]
     fn notices_allow_their_number_per_key_then_none() {
         let notices = Notices::per_minute(NonZeroU32::new(2).unwrap());
-        assert!(notices.allow("ip:10.0.0.1") && notices.allow("ip:10.0.0.1"));
-        assert!(!notices.allow("ip:10.0.0.1"));
-        assert!(notices.allow("ip:10.0.0.2"), "each key has its own allowance");
+        assert_eq!(notices.allow("ip:10.0.0.1"), Some(0));
+        assert_eq!(notices.allow("ip:10.0.0.1"), Some(0));
+        assert_eq!(notices.allow("ip:10.0.0.1"), None);
+        assert_eq!(notices.allow("ip:10.0.0.2"), Some(0), "each key has its own allowance");
+    }
+
+    /// The refusals not written are counted, and the next entry for the key carries the count.
+    #[test]
+    fn the_next_notice_counts_the_refusals_not_written() {
+        let notices = Notices::with_quota(Quota::with_period(Duration::from_millis(200)).unwrap());
+        assert_eq!(notices.allow("ip:10.0.0.1"), Some(0));
+        for _ in 0..3 {
+            assert_eq!(notices.allow("ip:10.0.0.1"), None);
+        }
+        assert_eq!(notices.allow("ip:10.0.0.2"), Some(0));
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(notices.allow("ip:10.0.0.1"), Some(3));
+        assert_eq!(notices.allow("ip:10.0.0.2"), Some(0));
     }
 }

@@ -45,6 +45,15 @@ pub async fn record(state: &AppState, entry: Audit) {
     }
 }
 
+/// The details of an entry that stands for refusals of its kind from one caller, with how many
+/// of them since its previous entry were not written (see `ratelimit::Notices`), when any.
+pub fn with_unrecorded(mut details: serde_json::Value, unrecorded: u64) -> serde_json::Value {
+    if unrecorded > 0 {
+        details["unrecordedBefore"] = unrecorded.into();
+    }
+    details
+}
+
 /// A request's path as an audit entry records it: its first 512 characters, so a refused
 /// request with a long path cannot make a large row in the log that is never pruned.
 pub fn recorded_path(path: &str) -> String {

@@ -20,7 +20,7 @@ use super::auth::bearer;
 use super::body::{self, parse_json};
 use super::error::{respond, ApiError};
 use super::ratelimit::Verdict;
-use super::refusals::{record, record_after_refusal, recorded_path};
+use super::refusals::{record, record_after_refusal, recorded_path, with_unrecorded};
 use super::views::AccountsView;
 use super::{client_ip, with_state, AppState};
 use crate::config::Secrets;
@@ -417,16 +417,18 @@ async fn authenticate(
             notify,
         } = limiter.check(&key)
         {
-            if notify {
+            if let Some(unrecorded) = notify {
                 let actor = if token.is_some() {
                     actors::SERVICE
                 } else {
                     actors::ANONYMOUS
                 };
+                let details =
+                    json!({ "method": method.as_str(), "path": path, "token": token, "retryAfter": retry_after_secs });
                 let entry = Audit::new(actor, actions::SERVICE_RATE_LIMITED, "")
                     .failed()
                     .ip(ip)
-                    .details(json!({ "method": method.as_str(), "path": path, "token": token, "retryAfter": retry_after_secs }));
+                    .details(with_unrecorded(details, unrecorded));
                 record(state, entry).await;
             }
             return Err(ApiError::TooManyRequests {
@@ -447,11 +449,12 @@ async fn authenticate(
         Some(_) => "wrong token",
     };
     // Bounded per address even with the rate limit off: refused calls are cheap to send.
-    if state.service_unauthorized_notices.allow(&ip) {
+    if let Some(unrecorded) = state.service_unauthorized_notices.allow(&ip) {
+        let details = json!({ "method": method.as_str(), "path": path, "reason": reason });
         let entry = Audit::new(actors::ANONYMOUS, actions::SERVICE_UNAUTHORIZED, "")
             .failed()
             .ip(ip)
-            .details(json!({ "method": method.as_str(), "path": path, "reason": reason }));
+            .details(with_unrecorded(details, unrecorded));
         record(state, entry).await;
     }
     Err(ApiError::Unauthorized(
