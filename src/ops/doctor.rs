@@ -116,10 +116,11 @@ fn looks_hand_made(value: &str) -> Option<String> {
 }
 
 /// The guide's placeholders pasted as they are: `<your-generated-webhook-secret>`,
-/// `https://trading.yourcompany.com`.
+/// `https://trading.yourcompany.com` (only their shapes: a real secret may hold `<`, a real
+/// address `your-`).
 fn is_placeholder(value: &str) -> bool {
-    let lower = value.to_ascii_lowercase();
-    value.contains('<') || value.contains('>') || lower.contains("your-") || lower.contains("yourcompany")
+    let lower = value.trim().to_ascii_lowercase();
+    (lower.starts_with("<your-") && lower.ends_with('>')) || lower.contains("://trading.yourcompany.com")
 }
 
 /// Each of the four secrets: configured by the operator, long enough, distinct from the others.
@@ -416,6 +417,12 @@ mod tests {
         }
         assert!(is_placeholder("<your-generated-jwt-secret>"));
         assert!(is_placeholder("https://trading.yourcompany.com"));
-        assert!(!is_placeholder("https://trading.yourbroker.com"));
+        for real in [
+            "https://trading.yourbroker.com",
+            "https://trade.your-fx.com",
+            "q7V<mZ2r!Kp9>Lw4@xT8#nB3$hY6%jD1&",
+        ] {
+            assert!(!is_placeholder(real), "{real}");
+        }
     }
 }
