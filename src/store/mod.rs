@@ -162,7 +162,7 @@ impl Db {
         // and the writer's commits are made durable by syncing the WAL after them (see `wal_file`).
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
         writer.pragma_update(None, "synchronous", "NORMAL")?;
-        let wal = Arc::new(wal_file::WalFile::open(&writer).context("cannot open the database's WAL file")?);
+        let wal = Arc::new(wal_file::WalFile::open(&writer, path).context("cannot open the database's WAL file")?);
         writer.pragma_update(None, "journal_size_limit", checkpoint::WAL_SIZE_LIMIT)?;
         let writer = Arc::new(Mutex::new(writer));
         let (checkpoint, checkpointer) =

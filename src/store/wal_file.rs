@@ -14,7 +14,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -28,15 +28,18 @@ pub struct WalFile {
 }
 
 impl WalFile {
-    /// The WAL of the database `conn` has open in WAL mode, found where SQLite itself put it: by
-    /// the database's path as SQLite resolved it, so a database reached through a symbolic link
-    /// has its WAL beside the real file, not beside the link.
-    pub fn open(conn: &Connection) -> io::Result<WalFile> {
-        let database = conn
-            .path()
-            .filter(|p| !p.is_empty())
-            .ok_or_else(|| io::Error::other("the database is not a file"))?;
-        let path = PathBuf::from(format!("{database}-wal"));
+    /// The WAL of the database `conn` has open (from `opened`) in WAL mode, found where SQLite
+    /// itself put it: by the database's path as SQLite resolved it, so a database reached through
+    /// a symbolic link has its WAL beside the real file, not beside the link. SQLite's path is
+    /// text; for a path that is not UTF-8 the one given is resolved the same way instead.
+    pub fn open(conn: &Connection, opened: &Path) -> io::Result<WalFile> {
+        let database = match conn.path().filter(|p| !p.is_empty()) {
+            Some(resolved) => PathBuf::from(resolved),
+            None => opened.canonicalize()?,
+        };
+        let mut path = database.into_os_string();
+        path.push("-wal");
+        let path = PathBuf::from(path);
         let file = File::open(&path)?;
         Ok(WalFile {
             path,
@@ -75,7 +78,7 @@ impl WalFile {
 }
 
 /// Fails unless `path` still names the file `file` has open.
-fn same_file(file: &File, path: &std::path::Path) -> io::Result<()> {
+fn same_file(file: &File, path: &Path) -> io::Result<()> {
     let (ours, current) = (file.metadata()?, std::fs::metadata(path)?);
     if (ours.dev(), ours.ino()) == (current.dev(), current.ino()) {
         Ok(())
@@ -108,9 +111,20 @@ mod tests {
         std::os::unix::fs::symlink(real.join("crm.db"), link.join("crm.db")).unwrap();
         std::fs::write(link.join("crm.db-wal"), b"stray").unwrap();
         let conn = wal_mode(&link.join("crm.db"));
-        let wal = WalFile::open(&conn).unwrap();
+        let wal = WalFile::open(&conn, &link.join("crm.db")).unwrap();
         let synced = std::fs::metadata(&wal.path).unwrap().ino();
         assert_eq!(synced, std::fs::metadata(real.join("crm.db-wal")).unwrap().ino());
+        wal.sync().unwrap();
+    }
+
+    /// SQLite gives no path for a database whose path is not UTF-8; the one given is used.
+    #[test]
+    fn a_database_path_that_is_not_utf8_still_finds_its_wal() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9.db"));
+        let conn = wal_mode(&db);
+        let wal = WalFile::open(&conn, &db).unwrap();
         wal.sync().unwrap();
     }
 
@@ -121,7 +135,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("t.db");
         let conn = wal_mode(&db);
-        let wal = WalFile::open(&conn).unwrap();
+        let wal = WalFile::open(&conn, &db).unwrap();
         wal.sync().unwrap();
         let wal_path = dir.path().join("t.db-wal");
         let moved = dir.path().join("moved");
