@@ -276,12 +276,18 @@ function renderLedger(el, ctx) {
   let cursor = '';
   let entries = [];
   // Only the answer to the latest request is shown: switching accounts while a page is on its
-  // way must not mix that page (or its cursor) into the other account's ledger.
+  // way must not mix that page (or its cursor) into the other account's ledger. A switch forgets
+  // the other account's entries and cursor at once, so "Older entries" cannot ask for them.
   let latest = 0;
   async function load(reset) {
     const mine = ++latest;
-    const [shown, before] = reset ? [[], ''] : [entries, cursor];
-    if (reset) body.replaceChildren(h('p', { class: 'loading' }, 'Loading…'));
+    if (reset) {
+      entries = [];
+      cursor = '';
+      more.hidden = true;
+      body.replaceChildren(h('p', { class: 'loading' }, 'Loading…'));
+    }
+    const [shown, before] = [entries, cursor];
     showError(error, '');
     try {
       const res = await api('GET', `/api/accounts/${encodeURIComponent(account.value)}/ledger${query({ before, limit: 50 })}`);
