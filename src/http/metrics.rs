@@ -36,7 +36,12 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn record(&self, path: &str, status: u16, elapsed: Duration) {
-        let mut label = route_label(path);
+        // warp answers `/api/clients/` as `/api/clients`.
+        let trimmed = match path.strip_suffix('/') {
+            Some(rest) if !rest.is_empty() => rest,
+            _ => path,
+        };
+        let mut label = route_label(trimmed);
         if !known_routes().contains(&label) {
             label = UNMATCHED.to_string();
         }
@@ -202,6 +207,7 @@ mod tests {
         m.record("/", 200, ms);
         m.record("/js/client.js", 200, ms);
         m.record("/api/clients/not-an-id", 400, ms);
+        m.record("/api/service/clients/a%40b.com/", 200, ms);
         let routes = m.routes.lock().unwrap();
         let labels: Vec<&str> = routes.keys().map(String::as_str).collect();
         assert_eq!(

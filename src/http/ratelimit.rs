@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -34,9 +34,12 @@ pub const UNAUTHENTICATED_AUDITS_PER_MINUTE: NonZeroU32 = NonZeroU32::new(10).un
 /// for unauthenticated service and staff calls.
 pub struct Notices {
     allowance: DefaultKeyedRateLimiter<String>,
-    /// Refusals per key not written since the key's last entry.
-    unrecorded: Mutex<HashMap<String, u64>>,
+    /// Refusals per key not written since the key's last entry, and when the last was.
+    unrecorded: Mutex<HashMap<String, (u64, Instant)>>,
 }
+
+/// A count no later entry has carried after this long goes to the server's log instead.
+const COUNT_KEPT_FOR: Duration = Duration::from_secs(600);
 
 /// Keys whose unwritten refusals are counted at most: a flood from more addresses than this
 /// still gets each address's first entries written, only not the count of the rest.
@@ -60,20 +63,43 @@ impl Notices {
     pub fn allow(&self, key: &str) -> Option<u64> {
         let mut unrecorded = self.unrecorded.lock().unwrap_or_else(|p| p.into_inner());
         if self.allowance.check_key(&key.to_string()).is_ok() {
-            return Some(unrecorded.remove(key).unwrap_or(0));
+            return Some(unrecorded.remove(key).map_or(0, |(n, _)| n));
         }
-        if let Some(n) = unrecorded.get_mut(key) {
+        let now = Instant::now();
+        if let Some((n, last)) = unrecorded.get_mut(key) {
             *n += 1;
+            *last = now;
         } else if unrecorded.len() < MAX_COUNTED_KEYS {
-            unrecorded.insert(key.to_string(), 1);
+            unrecorded.insert(key.to_string(), (1, now));
         }
+        // Past MAX_COUNTED_KEYS callers refused at once, a new one's refusals are answered and
+        // shown in the request log, but not counted: a count per caller would be the flood.
         None
     }
 
-    /// Forgets keys whose allowance is full again (their unwritten refusals stay counted).
+    /// Forgets keys whose allowance is full again. A caller that stopped after refusals that
+    /// were not written has no later entry to carry their count: after ten minutes the count
+    /// goes to the server's log, so every attempt is still on record somewhere.
     pub fn retain_recent(&self) {
         self.allowance.retain_recent();
         self.allowance.shrink_to_fit();
+        for (key, refusals) in self.take_counts_older_than(COUNT_KEPT_FOR) {
+            tracing::warn!(%key, refusals, "refusals over the audit log's cap, not written to it");
+        }
+    }
+
+    /// Removes and returns the counts whose last refusal is at least `age` old.
+    fn take_counts_older_than(&self, age: Duration) -> Vec<(String, u64)> {
+        let mut unrecorded = self.unrecorded.lock().unwrap_or_else(|p| p.into_inner());
+        let stale: Vec<String> = unrecorded
+            .iter()
+            .filter(|(_, (_, last))| last.elapsed() >= age)
+            .map(|(key, _)| key.clone())
+            .collect();
+        stale
+            .into_iter()
+            .filter_map(|key| unrecorded.remove(&key).map(|(n, _)| (key, n)))
+            .collect()
     }
 }
 
@@ -209,5 +235,15 @@ mod tests {
         std::thread::sleep(Duration::from_millis(250));
         assert_eq!(notices.allow("ip:10.0.0.1"), Some(3));
         assert_eq!(notices.allow("ip:10.0.0.2"), Some(0));
+
+        // A count no later entry carries is handed over (to the server's log) and forgotten.
+        assert_eq!(notices.allow("ip:10.0.0.1"), None);
+        assert_eq!(notices.take_counts_older_than(Duration::from_secs(60)), []);
+        assert_eq!(
+            notices.take_counts_older_than(Duration::ZERO),
+            [("ip:10.0.0.1".to_string(), 1)]
+        );
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(notices.allow("ip:10.0.0.1"), Some(0));
     }
 }
