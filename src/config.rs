@@ -136,6 +136,20 @@ fn err(msg: impl Into<String>) -> ConfigError {
 impl Settings {
     /// Loads settings from the process environment.
     pub fn load(flags: &Overrides) -> Result<Settings, ConfigError> {
+        // `std::env::var` refuses a value that is not UTF-8, which would leave the setting at
+        // its default without a word: a database other than the one meant, say.
+        let unreadable = std::env::vars_os().find_map(|(name, value)| {
+            let name = name.to_str()?;
+            let read = name.starts_with("CRM_")
+                || name == "TRADING_PLATFORM_URL"
+                || SECRET_NAMES.iter().any(|s| name.starts_with(s));
+            (read && value.to_str().is_none()).then(|| name.to_string())
+        });
+        if let Some(name) = unreadable {
+            return Err(err(format!(
+                "{name} is not valid UTF-8; give that setting on the command line or in crm.toml instead"
+            )));
+        }
         Settings::load_with(flags, &|name| std::env::var(name).ok())
     }
 

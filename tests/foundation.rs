@@ -404,3 +404,34 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     // Other clients were served all along.
     assert_eq!(app.get("/healthz").await.0, 200);
 }
+
+/// A setting whose value is not UTF-8 stops the command with its name, rather than being
+/// ignored for the default (a database other than the one meant).
+#[test]
+fn a_setting_that_is_not_utf8_is_refused_by_name_not_ignored() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9.db"));
+    let out = crm_command(dir.path())
+        .env("CRM_DATABASE", &database)
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CRM_DATABASE is not valid UTF-8"), "{err}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "the default database was not created"
+    );
+    // The same path given as a flag works.
+    let out = crm_command(dir.path())
+        .env_remove("CRM_DATABASE")
+        .arg("--database")
+        .arg(&database)
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(database.exists());
+}
