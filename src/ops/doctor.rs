@@ -119,8 +119,10 @@ fn looks_hand_made(value: &str) -> Option<String> {
 /// `https://trading.yourcompany.com` (only their shapes: a real secret may hold `<`, a real
 /// address `your-`).
 fn is_placeholder(value: &str) -> bool {
-    let lower = value.trim().to_ascii_lowercase();
-    (lower.starts_with("<your-") && lower.ends_with('>')) || lower.contains("://trading.yourcompany.com")
+    let lower = value.to_ascii_lowercase();
+    ["<your-", "<same-as-", "://trading.yourcompany.com"]
+        .iter()
+        .any(|shape| lower.contains(shape))
 }
 
 /// Each of the four secrets: configured by the operator, long enough, distinct from the others.
@@ -416,6 +418,11 @@ mod tests {
             assert!(looks_hand_made(&typed).is_some(), "{typed}");
         }
         assert!(is_placeholder("<your-generated-jwt-secret>"));
+        assert!(
+            is_placeholder("\"<your-generated-webhook-secret>\""),
+            "pasted with its quotes"
+        );
+        assert!(is_placeholder("<same-as-crm-webhook-secret>"));
         assert!(is_placeholder("https://trading.yourcompany.com"));
         for real in [
             "https://trading.yourbroker.com",
