@@ -53,7 +53,8 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
         });
         let indexer = audit_index::spawn(db.clone()).context("cannot start the audit index thread")?;
         let state = AppState::new(db.clone(), settings.clone(), secrets);
-        http::serve(state, listener, shutdown).await;
+        http::serve(state.clone(), listener, shutdown).await;
+        state.flush_refusal_counts();
         // A backup still reading would hold up the fold below: it finishes first.
         drop(stop_backups);
         if let Some(backups) = backups {

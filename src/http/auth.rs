@@ -96,7 +96,10 @@ pub fn staff(
                     Err(Failure::Store(e)) => return Err(e.into()),
                     Err(Failure::Refused(refused)) => refused,
                 };
-                if let Some(unrecorded) = state.staff_unauthorized_notices.allow(&ip) {
+                // Counted per address and target, so refusals carried into an entry about one
+                // staff member's genuine token are that member's, not other refusals'.
+                let key = format!("{ip} {}", refused.target);
+                if let Some(unrecorded) = state.staff_unauthorized_notices.allow(&key) {
                     let details = json!({
                         "method": method.as_str(),
                         "path": recorded_path(path.as_str()),

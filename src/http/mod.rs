@@ -93,6 +93,18 @@ pub fn get_or_head() -> impl Filter<Extract = (), Error = warp::Rejection> + Clo
     warp::get().or(warp::head()).unify()
 }
 
+impl AppState {
+    /// Logs the refusals counted but carried by no audit entry yet (see `ratelimit::Notices`):
+    /// on a stop, so none is lost with the process.
+    pub fn flush_refusal_counts(&self) {
+        self.service_unauthorized_notices.flush();
+        self.staff_unauthorized_notices.flush();
+        if let Some(limiter) = &self.service_limiter {
+            limiter.flush();
+        }
+    }
+}
+
 /// Hands a clone of the state to a handler.
 pub fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error = std::convert::Infallible> + Clone {
     warp::any().map(move || state.clone())

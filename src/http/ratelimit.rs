@@ -38,6 +38,23 @@ pub struct Notices {
     unrecorded: Mutex<HashMap<String, (u64, Instant)>>,
 }
 
+/// One line for counts no audit entry carried (a flood from many addresses is one line, not
+/// one per address), naming the first few callers.
+fn log_counts(mut counts: Vec<(String, u64)>) {
+    if counts.is_empty() {
+        return;
+    }
+    counts.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    let refusals: u64 = counts.iter().map(|(_, n)| n).sum();
+    let most: Vec<String> = counts.iter().take(10).map(|(key, n)| format!("{key}: {n}")).collect();
+    tracing::warn!(
+        refusals,
+        callers = counts.len(),
+        most = most.join(", "),
+        "refusals over the audit log's cap, not written to it"
+    );
+}
+
 /// A count no later entry has carried after this long goes to the server's log instead.
 const COUNT_KEPT_FOR: Duration = Duration::from_secs(600);
 
@@ -83,9 +100,12 @@ impl Notices {
     pub fn retain_recent(&self) {
         self.allowance.retain_recent();
         self.allowance.shrink_to_fit();
-        for (key, refusals) in self.take_counts_older_than(COUNT_KEPT_FOR) {
-            tracing::warn!(%key, refusals, "refusals over the audit log's cap, not written to it");
-        }
+        log_counts(self.take_counts_older_than(COUNT_KEPT_FOR));
+    }
+
+    /// Every count not carried yet, to the server's log: for a stop.
+    pub fn flush(&self) {
+        log_counts(self.take_counts_older_than(Duration::ZERO));
     }
 
     /// Removes and returns the counts whose last refusal is at least `age` old.
@@ -144,6 +164,11 @@ impl Limiter {
         self.calls.retain_recent();
         self.calls.shrink_to_fit();
         self.notices.retain_recent();
+    }
+
+    /// Every refusal count not carried yet, to the server's log: for a stop.
+    pub fn flush(&self) {
+        self.notices.flush();
     }
 
     /// Callers currently remembered.
@@ -224,15 +249,16 @@ mod tests {
     }
 
     /// The refusals not written are counted, and the next entry for the key carries the count.
+    /// One allowance a second: every step that expects a refusal comes well within it.
     #[test]
     fn the_next_notice_counts_the_refusals_not_written() {
-        let notices = Notices::with_quota(Quota::with_period(Duration::from_millis(200)).unwrap());
+        let notices = Notices::with_quota(Quota::with_period(Duration::from_secs(1)).unwrap());
         assert_eq!(notices.allow("ip:10.0.0.1"), Some(0));
         for _ in 0..3 {
             assert_eq!(notices.allow("ip:10.0.0.1"), None);
         }
         assert_eq!(notices.allow("ip:10.0.0.2"), Some(0));
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(Duration::from_millis(1100));
         assert_eq!(notices.allow("ip:10.0.0.1"), Some(3));
         assert_eq!(notices.allow("ip:10.0.0.2"), Some(0));
 
@@ -243,7 +269,7 @@ mod tests {
             notices.take_counts_older_than(Duration::ZERO),
             [("ip:10.0.0.1".to_string(), 1)]
         );
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(Duration::from_millis(1100));
         assert_eq!(notices.allow("ip:10.0.0.1"), Some(0));
     }
 }

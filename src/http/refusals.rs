@@ -39,9 +39,11 @@ pub async fn audited<T>(state: &AppState, entry: Audit, result: Result<T, ApiErr
 /// Appends an audit entry in a transaction of its own. A failure to record is logged, and the
 /// caller still gets the answer it was going to get.
 pub async fn record(state: &AppState, entry: Audit) {
-    let action = entry.action.clone();
+    // What the entry said goes to the server's log if it cannot be written (a count of refusals
+    // it carried included).
+    let (action, details) = (entry.action.clone(), entry.details.to_string());
     if let Err(e) = state.db.write(move |tx| audit::append(tx, &entry).map(drop)).await {
-        tracing::error!(error = %e, %action, "could not write an audit entry");
+        tracing::error!(error = %e, %action, %details, "could not write an audit entry");
     }
 }
 
