@@ -40,7 +40,7 @@ impl Email {
 
 /// Long hostile input is cut before it is echoed back in an error message.
 fn clip(s: &str) -> String {
-    let mut out: String = s.chars().take(64).filter(|c| !c.is_control()).collect();
+    let mut out = super::clip(s, 64);
     if s.chars().count() > 64 {
         out.push('…');
     }

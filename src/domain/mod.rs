@@ -18,6 +18,12 @@ pub use money::Money;
 /// service API, admin page): text one of them accepted can always be sent back through another.
 pub const MAX_TEXT_CHARS: usize = 10_000;
 
+/// Client text cut before it is echoed in a message or kept in a record: its first `max`
+/// characters, control characters dropped.
+pub fn clip(s: &str, max: usize) -> String {
+    s.chars().take(max).filter(|c| !c.is_control()).collect()
+}
+
 /// Why a value was refused; the message is meant for the person who sent it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]

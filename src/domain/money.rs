@@ -24,7 +24,7 @@ impl Money {
     pub const ZERO: Money = Money(0);
 
     pub fn parse(raw: &str) -> Result<Money, Invalid> {
-        let bad = |why: &str| Invalid::new(format!("'{}' is not a valid amount: {why}", clip(raw)));
+        let bad = |why: &str| Invalid::new(format!("'{}' is not a valid amount: {why}", super::clip(raw, 40)));
         let (negative, digits) = match raw.strip_prefix('-') {
             Some(rest) => (true, rest),
             None => (false, raw),
@@ -100,10 +100,6 @@ impl Money {
         // With serde_json's arbitrary_precision the literal is kept as written: no float involved.
         serde_json::from_str(&self.to_string()).unwrap_or_else(|_| serde_json::Number::from(0))
     }
-}
-
-fn clip(s: &str) -> String {
-    s.chars().take(40).filter(|c| !c.is_control()).collect()
 }
 
 /// At least two decimals, at most eight, trailing zeros beyond the second trimmed.

@@ -9,6 +9,7 @@ use warp::http::StatusCode;
 
 use super::error::ApiError;
 use super::AppState;
+use crate::domain::clip;
 use crate::store::audit::{self, Audit};
 
 /// Returns `result` unchanged, after auditing it as a failure of `entry` when it was refused.
@@ -68,10 +69,7 @@ pub fn recorded_path(path: &str) -> String {
 pub fn path_target<T: std::fmt::Display, E>(kind: &str, raw: &str, parsed: &Result<T, E>) -> String {
     match parsed {
         Ok(id) => audit::target(kind, id),
-        Err(_) => audit::target(
-            kind,
-            raw.chars().take(64).filter(|c| !c.is_control()).collect::<String>(),
-        ),
+        Err(_) => audit::target(kind, clip(raw, 64)),
     }
 }
 

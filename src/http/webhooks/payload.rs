@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::fields::{AccountRef, Currency, Name, Notes, Phone, Positive, Reference, Timestamp};
-use crate::domain::{Email, KycStatus, Leverage, Money};
+use crate::domain::{clip, Email, KycStatus, Leverage, Money};
 use crate::http::body::parse_json;
 use crate::http::error::ApiError;
 use crate::store::clients::Contact;
@@ -44,7 +44,7 @@ impl EventName {
             let known: Vec<&str> = EventName::ALL.iter().map(|e| e.as_str()).collect();
             ApiError::BadRequest(format!(
                 "event: unknown event '{}'; expected one of {}",
-                clip(s),
+                clip(s, 64),
                 known.join(", ")
             ))
         })
@@ -182,7 +182,7 @@ pub fn peek_event(raw: &[u8]) -> String {
         event: String,
     }
     serde_json::from_slice::<Peek>(raw)
-        .map(|p| p.event.chars().take(64).filter(|c| !c.is_control()).collect())
+        .map(|p| clip(&p.event, 64))
         .unwrap_or_default()
 }
 
@@ -331,11 +331,6 @@ impl TryFrom<AccountData> for AccountChange {
         }
         Ok(change)
     }
-}
-
-/// Long hostile input is cut before it is echoed back in an error message.
-fn clip(s: &str) -> String {
-    s.chars().take(64).filter(|c| !c.is_control()).collect()
 }
 
 #[cfg(test)]
