@@ -328,6 +328,36 @@ async fn staff_run_the_crm_from_a_browser_and_each_role_sees_only_what_it_may_do
     assert_eq!(b.text(&cell("realBalance")).await, "59.99");
     b.click("#adjust-confirm button:not(.primary)").await; // Back
 
+    // The answer to a booked adjustment is lost on its way back, and Confirm is pressed again:
+    // the confirmation's Idempotency-Key books it once.
+    b.js(
+        "const real = window.fetch; window.__lost = 0;
+         window.fetch = (url, opts) => String(url).includes('/adjust-balance') && window.__lost++ === 0
+           ? real(url, opts).then(() => { throw new TypeError('connection reset'); })
+           : real(url, opts);",
+        vec![],
+    )
+    .await;
+    b.type_into("#adjust-form input[name=amount]", "5").await;
+    b.type_into("#adjust-form input[name=notes]", "answer lost").await;
+    b.click("#adjust-form button[type=submit]").await;
+    b.click("#adjust-confirm-button").await;
+    b.wait_until("the lost answer to show", || async {
+        b.text("#adjust-confirm .error").await.contains("cannot be reached")
+    })
+    .await;
+    b.click("#adjust-confirm-button").await;
+    b.wait_text(&cell("realBalance"), "64.99").await;
+    let booked: i64 = app
+        .sqlite()
+        .query_row(
+            "SELECT COUNT(*) FROM ledger_entries WHERE notes = 'answer lost'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(booked, 1, "the adjustment is booked once");
+
     // Leverage.
     b.select("#leverage-form select[name=account]", &primary).await;
     b.type_into("#leverage-form input[name=leverage]", "200").await;
@@ -453,7 +483,7 @@ async fn staff_run_the_crm_from_a_browser_and_each_role_sees_only_what_it_may_do
     }
     assert_eq!(
         b.text(&cell("realBalance")).await,
-        "59.99",
+        "64.99",
         "agents still read balances"
     );
 

@@ -383,6 +383,122 @@ async fn a_debit_beyond_the_fund_is_refused_and_changes_nothing() {
     assert_eq!(failures[0].3["available"], "50.00");
 }
 
+/// An adjustment sent under an `Idempotency-Key`: (status, body, whether it was a replay).
+async fn adjust_once(app: &TestApp, token: &str, account: &str, key: &str, body: Value) -> (u16, Value, bool) {
+    let resp = app
+        .http
+        .post(app.url(&adjust_path(account)))
+        .bearer_auth(token)
+        .header("idempotency-key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let replayed = resp.headers().get("idempotent-replayed").is_some_and(|v| v == "true");
+    let (status, body) = into_parts(resp).await;
+    (status, body, replayed)
+}
+
+#[tokio::test]
+async fn an_adjustment_sent_again_under_its_idempotency_key_is_booked_once() {
+    let app = spawn_app();
+    let admin = app.admin_token().await;
+    let (_, other_admin) = staff_user(&app, &admin, "second@crm.local", "admin").await;
+    let c = client(&app, "client@example.com");
+    let credit = json!({ "amount": "100", "fundType": "real", "notes": "goodwill" });
+
+    let (status, first, replayed) = adjust_once(&app, &admin, &c.account, "key-1", credit.clone()).await;
+    assert_eq!((status, replayed), (200, false), "{first}");
+    assert_eq!(first["realBalance"], "100.00");
+    // The same request (the amount spelt differently, the key quoted as the IETF draft writes it).
+    let same = json!({ "amount": 100.0, "fundType": "real", "notes": " goodwill " });
+    let (status, again, replayed) = adjust_once(&app, &admin, &c.account, "\"key-1\"", same).await;
+    assert_eq!((status, replayed), (200, true), "{again}");
+    assert_eq!(again["realBalance"], "100.00");
+    assert_eq!(ledger_count(&app, &c.account), 1);
+
+    // The key with another request is refused and changes nothing; the key is the sender's own.
+    let other = json!({ "amount": "99", "fundType": "real", "notes": "goodwill" });
+    let (status, body, _) = adjust_once(&app, &admin, &c.account, "key-1", other).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("Idempotency-Key"), "{body}");
+    let (status, body, replayed) = adjust_once(&app, &other_admin, &c.account, "key-1", credit).await;
+    assert_eq!((status, replayed), (200, false), "{body}");
+    assert_eq!(body["realBalance"], "200.00");
+
+    // A refusal claims nothing: once the funds are there, the same key books the debit.
+    let debit = json!({ "amount": "-250", "fundType": "real" });
+    let (status, body, _) = adjust_once(&app, &admin, &c.account, "key-2", debit.clone()).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("Insufficient real funds")));
+    adjust(&app, &admin, &c.account, json!({ "amount": "50", "fundType": "real" })).await;
+    let (status, body, replayed) = adjust_once(&app, &admin, &c.account, "key-2", debit.clone()).await;
+    assert_eq!(
+        (status, replayed, body["realBalance"].as_str()),
+        (200, false, Some("0.00")),
+        "{body}"
+    );
+    let (status, body, replayed) = adjust_once(&app, &admin, &c.account, "key-2", debit).await;
+    assert_eq!(
+        (status, replayed, body["realBalance"].as_str()),
+        (200, true, Some("0.00")),
+        "{body}"
+    );
+    assert_eq!(ledger_count(&app, &c.account), 4);
+
+    // Each replay is audited with the entry it stands for; the books still verify.
+    let rows = audit_rows(&app, "account.adjust_balance");
+    let replays: Vec<_> = rows.iter().filter(|r| r.3.get("duplicateOf").is_some()).collect();
+    assert_eq!(replays.len(), 2);
+    assert!(replays
+        .iter()
+        .all(|r| r.2 == "success" && r.3.get("ledgerEntryId").is_none()));
+    assert_eq!(replays[0].3["idempotencyKey"], "key-1");
+    let original = rows.iter().find(|r| r.3.get("ledgerEntryId").is_some()).unwrap();
+    assert_eq!(replays[0].3["duplicateOf"], original.3["ledgerEntryId"]);
+    app.assert_books_balance();
+}
+
+#[tokio::test]
+async fn bad_idempotency_keys_are_400_and_change_nothing() {
+    let app = spawn_app();
+    let admin = app.admin_token().await;
+    let c = client(&app, "client@example.com");
+    let credit = json!({ "amount": "1", "fundType": "real" });
+    for key in ["", "\"\"", "with space", &"k".repeat(256)] {
+        let (status, body, _) = adjust_once(&app, &admin, &c.account, key, credit.clone()).await;
+        assert_eq!(status, 400, "{key:?}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("Idempotency-Key"), "{body}");
+    }
+    let resp = app
+        .http
+        .post(app.url(&adjust_path(&c.account)))
+        .bearer_auth(&admin)
+        .header("idempotency-key", "a")
+        .header("idempotency-key", "b")
+        .json(&credit)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = into_parts(resp).await;
+    assert_eq!(status, 400, "{body}");
+    let resp = app
+        .http
+        .post(app.url(&adjust_path(&c.account)))
+        .bearer_auth(&admin)
+        .header(
+            "idempotency-key",
+            reqwest::header::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        )
+        .json(&credit)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(into_parts(resp).await.0, 400);
+    assert_eq!(ledger_count(&app, &c.account), 0);
+    let (status, _, _) = adjust_once(&app, &admin, &c.account, &"k".repeat(255), credit).await;
+    assert_eq!(status, 200);
+}
+
 #[tokio::test]
 async fn bad_adjustments_are_400_and_change_nothing() {
     let app = spawn_app();

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 use warp::filters::BoxedFilter;
+use warp::http::HeaderMap;
 use warp::{Filter, Reply};
 
 use super::auth::{self, StaffSession};
@@ -17,8 +18,10 @@ use super::{with_state, AppState};
 use crate::domain::{AccountId, FundType, Leverage, Money};
 use crate::store::accounts::{self, BalanceChange, Reason};
 use crate::store::audit::{self, actions};
+use crate::store::idempotency;
 
 const MAX_NOTES_CHARS: usize = 1000;
+const MAX_KEY_CHARS: usize = 255;
 
 type Session = Result<StaffSession, ApiError>;
 type Body = Result<Bytes, ApiError>;
@@ -37,8 +40,9 @@ pub fn routes(state: AppState) -> BoxedFilter<(warp::reply::Response,)> {
     let adjust = warp::path!("api" / "accounts" / String / "adjust-balance")
         .and(warp::post())
         .and(s())
+        .and(idempotency_key())
         .and(body::raw(body::DEFAULT_LIMIT))
-        .then(|id, st, se, b| async move { respond(adjust_balance(st, se, id, b).await) });
+        .then(|id, st, se, k, b| async move { respond(adjust_balance(st, se, id, k, b).await) });
     let leverage = warp::path!("api" / "accounts" / String / "leverage")
         .and(warp::patch())
         .and(s())
@@ -96,14 +100,23 @@ struct Adjustment {
 }
 
 /// `POST /api/accounts/:id/adjust-balance` (admins). A debit beyond the fund is refused with
-/// the insufficient-funds body, changes nothing, and is audited as a failure.
-async fn adjust_balance(state: AppState, session: Session, raw_id: String, body: Body) -> Result<impl Reply, ApiError> {
+/// the insufficient-funds body, changes nothing, and is audited as a failure. Sent again under
+/// the same `Idempotency-Key` by the same person, an adjustment already booked books nothing
+/// more: the answer is the account as it is now, with `Idempotent-Replayed: true`.
+async fn adjust_balance(
+    state: AppState,
+    session: Session,
+    raw_id: String,
+    key: Result<Option<String>, ApiError>,
+    body: Body,
+) -> Result<warp::reply::Response, ApiError> {
     let session = session?;
     let parsed = raw_id.parse::<AccountId>();
     let entry = session.audit(actions::BALANCE_ADJUST, path_target("account", &raw_id, &parsed));
     let result = async {
         session.require_admin()?;
         let id = parsed?.to_string();
+        let key = key?;
         let req: Adjustment = parse_json(&body?)?;
         let notes = req.notes.unwrap_or_default().trim().to_string();
         if notes.chars().count() > MAX_NOTES_CHARS {
@@ -114,6 +127,8 @@ async fn adjust_balance(state: AppState, session: Session, raw_id: String, body:
         if req.amount.is_zero() {
             return Err(ApiError::BadRequest("amount must not be zero".into()));
         }
+        // What was asked, however its JSON was spelt ("100" and 100.00 are the same amount).
+        let fingerprint = format!("{id}\n{}\n{}\n{notes}", req.fund_type.as_str(), req.amount);
         let change = BalanceChange {
             account_id: id,
             fund: req.fund_type,
@@ -123,13 +138,64 @@ async fn adjust_balance(state: AppState, session: Session, raw_id: String, body:
             actor: session.actor(),
             external_ref: None,
         };
-        let entry = entry.clone().detail("notes", notes);
-        let write = move |tx: &rusqlite::Transaction| accounts::apply_balance_change(tx, &change, entry.clone());
-        Ok(state.db.write(write).await?.0)
+        let mut entry = entry.clone().detail("notes", notes);
+        if let Some(key) = &key {
+            entry = entry.detail("idempotencyKey", key.as_str());
+        }
+        let staff_user_id = session.user.id.clone();
+        let write = move |tx: &rusqlite::Transaction| {
+            let Some(key) = &key else {
+                return Ok((accounts::apply_balance_change(tx, &change, entry.clone())?.0, false));
+            };
+            let key = idempotency::Key {
+                staff_user_id: &staff_user_id,
+                key,
+                fingerprint: &fingerprint,
+            };
+            if let Some(booked) = key.booked(tx)? {
+                audit::append(tx, &entry.clone().detail("duplicateOf", booked))?;
+                return Ok((accounts::get(tx, &change.account_id)?, true));
+            }
+            let (account, booked) = accounts::apply_balance_change(tx, &change, entry.clone())?;
+            key.claim(tx, &booked.id)?;
+            Ok((account, false))
+        };
+        Ok(state.db.write(write).await?)
     }
     .await;
-    let account = audited(&state, entry, result).await?;
-    Ok(warp::reply::json(&AccountView::from(account)))
+    let (account, replayed) = audited(&state, entry, result).await?;
+    let reply = warp::reply::json(&AccountView::from(account));
+    Ok(if replayed {
+        warp::reply::with_header(reply, "idempotent-replayed", "true").into_response()
+    } else {
+        reply.into_response()
+    })
+}
+
+/// The `Idempotency-Key` header, when sent: 1 to 255 visible ASCII characters (a UUID is what
+/// the admin page sends). A quoted string, as the IETF draft writes the header, counts without
+/// its quotes. Never rejects, so a bad key is refused and audited like the rest of the request.
+fn idempotency_key(
+) -> impl Filter<Extract = (Result<Option<String>, ApiError>,), Error = std::convert::Infallible> + Clone {
+    warp::header::headers_cloned().map(|headers: HeaderMap| {
+        let mut sent = headers.get_all("idempotency-key").iter();
+        let (Some(value), None) = (sent.next(), sent.next()) else {
+            return match headers.contains_key("idempotency-key") {
+                true => Err(ApiError::BadRequest(
+                    "send one Idempotency-Key header, not several".into(),
+                )),
+                false => Ok(None),
+            };
+        };
+        let text = value.to_str().unwrap_or_default();
+        let key = text.strip_prefix('"').and_then(|k| k.strip_suffix('"')).unwrap_or(text);
+        if key.is_empty() || key.len() > MAX_KEY_CHARS || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ApiError::BadRequest(format!(
+                "Idempotency-Key must be 1 to {MAX_KEY_CHARS} visible ASCII characters, such as a UUID"
+            )));
+        }
+        Ok(Some(key.to_string()))
+    })
 }
 
 #[derive(Deserialize)]

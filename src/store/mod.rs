@@ -10,6 +10,7 @@ pub mod audit_index;
 mod checkpoint;
 pub mod clients;
 mod group_commit;
+pub mod idempotency;
 pub mod notes;
 pub mod secret_history;
 pub mod sso;

@@ -74,8 +74,8 @@ export function query(params) {
   return s ? `?${s}` : '';
 }
 
-async function send(method, path, body) {
-  const headers = { Accept: 'application/json' };
+async function send(method, path, body, extraHeaders = {}) {
+  const headers = { Accept: 'application/json', ...extraHeaders };
   const token = session.token();
   if (token) headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) headers['Content-Type'] = 'application/json';
@@ -110,11 +110,20 @@ async function errorOf(resp) {
 }
 
 /** A JSON request; resolves to the parsed body, rejects with ApiError carrying the API's message. */
-export async function api(method, path, body) {
-  const resp = await send(method, path, body);
+export async function api(method, path, body, headers) {
+  const resp = await send(method, path, body, headers);
   if (!resp.ok) throw await errorOf(resp);
   const text = await resp.text();
   return text ? JSON.parse(text) : null;
+}
+
+/**
+ * A fresh Idempotency-Key: 128 random bits in hex. (crypto.randomUUID exists only on HTTPS
+ * pages, and the page may be served over plain HTTP on a private network.)
+ */
+export function newIdempotencyKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
 /** Downloads a file the API produces (with the bearer token) and saves it under `filename`. */

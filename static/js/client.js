@@ -1,7 +1,7 @@
 // One client: profile, KYC, accounts (with balance and leverage changes), ledger, notes and the
 // activity timeline. Every value from the API is put on the page as text.
 
-import { api, can, query } from './api.js';
+import { api, can, newIdempotencyKey, query } from './api.js';
 import { h, field, select, table, errorBox, showError, busy, when, jsonText, replace } from './dom.js';
 import { parseMoney, formatMoney, addMoney } from './money.js';
 import { clientName, kycBadge } from './clients.js';
@@ -194,11 +194,15 @@ function showConfirm(box, ctx, { acct, fundType, change, notes }, back) {
   const ok = h('button', { type: 'button', class: 'primary', id: 'adjust-confirm-button' }, 'Confirm adjustment');
   const cancel = h('button', { type: 'button' }, 'Back');
   const error = errorBox();
+  // One key per confirmation: pressing Confirm again after an answer was lost (a dropped
+  // connection, a timeout) cannot book the adjustment twice. Back and a new review get a new key.
+  const idempotencyKey = newIdempotencyKey();
   cancel.addEventListener('click', back);
   ok.addEventListener('click', () => busy(ok, async () => {
     showError(error, '');
     try {
-      await api('POST', `/api/accounts/${encodeURIComponent(acct.id)}/adjust-balance`, { amount: change, fundType, notes });
+      await api('POST', `/api/accounts/${encodeURIComponent(acct.id)}/adjust-balance`, { amount: change, fundType, notes },
+        { 'Idempotency-Key': idempotencyKey });
       ctx.selected = acct.id;
       await ctx.reload();
     } catch (e) {
