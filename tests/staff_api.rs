@@ -459,6 +459,38 @@ async fn an_adjustment_sent_again_under_its_idempotency_key_is_booked_once() {
 }
 
 #[tokio::test]
+async fn notes_keep_line_breaks_and_tabs_on_every_surface() {
+    let app = spawn_app();
+    let admin = app.admin_token().await;
+    let c = client(&app, "client@example.com");
+    let text = "first line\r\n\tindented";
+    let (status, note) = app
+        .staff(
+            Method::POST,
+            &format!("/api/clients/{}/notes", c.id),
+            &admin,
+            Some(json!({ "comment": text })),
+        )
+        .await;
+    assert_eq!((status, note["comment"].as_str()), (201, Some(text)), "{note}");
+    let (status, note) = app
+        .service(
+            Method::POST,
+            "/api/service/clients/client@example.com/notes",
+            Some(json!({ "comment": text })),
+        )
+        .await;
+    assert_eq!((status, note["comment"].as_str()), (201, Some(text)), "{note}");
+    let kyc = json!({ "kycStatus": "approved", "kycNotes": text });
+    let (status, client) = app
+        .service(Method::PATCH, "/api/service/clients/client@example.com/kyc", Some(kyc))
+        .await;
+    assert_eq!((status, client["kycNotes"].as_str()), (200, Some(text)), "{client}");
+    let credit = json!({ "amount": "1", "fundType": "real", "notes": text });
+    assert_eq!(adjust(&app, &admin, &c.account, credit).await.0, 200);
+}
+
+#[tokio::test]
 async fn bad_idempotency_keys_are_400_and_change_nothing() {
     let app = spawn_app();
     let admin = app.admin_token().await;

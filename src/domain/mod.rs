@@ -18,6 +18,20 @@ pub use money::Money;
 /// service API, admin page): text one of them accepted can always be sent back through another.
 pub const MAX_TEXT_CHARS: usize = 10_000;
 
+/// Text people write (notes, KYC remarks, an adjustment's reason), held to one rule on every
+/// surface: trimmed, at most `max` characters, and no control characters but line breaks and
+/// tabs (a NUL or an escape sequence would reach the terminals and spreadsheets that read the
+/// ledger, the audit log and its CSV).
+pub fn free_text(field: &str, s: &str, max: usize) -> Result<String, Invalid> {
+    let s = s.trim();
+    if s.chars().count() > max || s.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
+        return Err(Invalid(format!(
+            "{field} must be at most {max} characters, without control characters other than line breaks and tabs"
+        )));
+    }
+    Ok(s.to_string())
+}
+
 /// Client text cut before it is echoed in a message or kept in a record: its first `max`
 /// characters, control characters dropped.
 pub fn clip(s: &str, max: usize) -> String {

@@ -15,7 +15,7 @@ use super::query::{self, Params};
 use super::refusals::{audited, path_target};
 use super::views::AccountView;
 use super::{with_state, AppState};
-use crate::domain::{AccountId, FundType, Leverage, Money};
+use crate::domain::{free_text, AccountId, FundType, Leverage, Money};
 use crate::store::accounts::{self, BalanceChange, Reason};
 use crate::store::audit::{self, actions};
 use crate::store::idempotency;
@@ -118,12 +118,7 @@ async fn adjust_balance(
         let id = parsed?.to_string();
         let key = key?;
         let req: Adjustment = parse_json(&body?)?;
-        let notes = req.notes.unwrap_or_default().trim().to_string();
-        if notes.chars().count() > MAX_NOTES_CHARS {
-            return Err(ApiError::BadRequest(format!(
-                "notes must be at most {MAX_NOTES_CHARS} characters"
-            )));
-        }
+        let notes = free_text("notes", req.notes.as_deref().unwrap_or_default(), MAX_NOTES_CHARS)?;
         if req.amount.is_zero() {
             return Err(ApiError::BadRequest("amount must not be zero".into()));
         }

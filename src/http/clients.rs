@@ -15,7 +15,7 @@ use super::query::{self, Params};
 use super::refusals::{audited, path_target};
 use super::views::AccountView;
 use super::{with_state, AppState};
-use crate::domain::{ClientId, KycStatus, Leverage, MAX_TEXT_CHARS};
+use crate::domain::{free_text, ClientId, KycStatus, Leverage, MAX_TEXT_CHARS};
 use crate::store::audit::{self, actions};
 use crate::store::{accounts, clients, notes, StoreError};
 
@@ -140,11 +140,9 @@ async fn add_note(state: AppState, session: Session, raw_id: String, body: Body)
     let session = session?;
     let id = raw_id.parse::<ClientId>()?;
     let req: NewNote = parse_json(&body?)?;
-    let comment = req.comment.trim().to_string();
-    if comment.is_empty() || comment.chars().count() > MAX_TEXT_CHARS {
-        return Err(ApiError::BadRequest(format!(
-            "comment must be 1 to {MAX_TEXT_CHARS} characters"
-        )));
+    let comment = free_text("comment", &req.comment, MAX_TEXT_CHARS)?;
+    if comment.is_empty() {
+        return Err(ApiError::BadRequest("comment must not be empty".into()));
     }
     let actor = session.actor();
     let entry = session.audit(actions::NOTE_ADD, audit::target("client", id));
@@ -174,12 +172,10 @@ async fn change_kyc(state: AppState, session: Session, raw_id: String, body: Bod
     session.require_kyc_rights()?;
     let id = raw_id.parse::<ClientId>()?.to_string();
     let req: KycChange = parse_json(&body?)?;
-    let notes = req.kyc_notes.map(|n| n.trim().to_string());
-    if notes.as_ref().is_some_and(|n| n.chars().count() > MAX_TEXT_CHARS) {
-        return Err(ApiError::BadRequest(format!(
-            "kycNotes must be at most {MAX_TEXT_CHARS} characters"
-        )));
-    }
+    let notes = match req.kyc_notes {
+        Some(n) => Some(free_text("kycNotes", &n, MAX_TEXT_CHARS)?),
+        None => None,
+    };
     let entry = session.audit(actions::KYC_UPDATE, audit::target("client", &id));
     let client = state
         .db

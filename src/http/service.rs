@@ -24,7 +24,7 @@ use super::refusals::{record, record_after_refusal, recorded_path, with_unrecord
 use super::views::AccountsView;
 use super::{client_ip, with_state, AppState};
 use crate::config::Secrets;
-use crate::domain::{Email, KycStatus, MAX_TEXT_CHARS};
+use crate::domain::{free_text, Email, KycStatus, MAX_TEXT_CHARS};
 use crate::security::secrets_equal;
 use crate::store::audit::{self, actions, actors, Audit};
 use crate::store::{accounts, activity, clients, notes, StoreResult};
@@ -179,15 +179,9 @@ async fn update_kyc(
 
 fn parse_kyc(raw_email: &str, body: Result<Bytes, ApiError>) -> Result<(Email, KycRequest), ApiError> {
     let email = path_email(raw_email)?;
-    let req: KycRequest = parse_json(&body?)?;
-    if req
-        .kyc_notes
-        .as_ref()
-        .is_some_and(|n| n.chars().count() > MAX_TEXT_CHARS)
-    {
-        return Err(ApiError::BadRequest(format!(
-            "kycNotes: at most {MAX_TEXT_CHARS} characters"
-        )));
+    let mut req: KycRequest = parse_json(&body?)?;
+    if let Some(notes) = &req.kyc_notes {
+        req.kyc_notes = Some(free_text("kycNotes", notes, MAX_TEXT_CHARS)?);
     }
     Ok((email, req))
 }
@@ -224,16 +218,11 @@ async fn add_note(
 fn parse_note(raw_email: &str, body: Result<Bytes, ApiError>) -> Result<(Email, String), ApiError> {
     let email = path_email(raw_email)?;
     let req: NoteRequest = parse_json(&body?)?;
-    let comment = req.comment.trim();
+    let comment = free_text("comment", &req.comment, MAX_TEXT_CHARS)?;
     if comment.is_empty() {
-        return Err(ApiError::BadRequest("comment: must not be empty".into()));
+        return Err(ApiError::BadRequest("comment must not be empty".into()));
     }
-    if comment.chars().count() > MAX_TEXT_CHARS {
-        return Err(ApiError::BadRequest(format!(
-            "comment: at most {MAX_TEXT_CHARS} characters"
-        )));
-    }
-    Ok((email, comment.to_string()))
+    Ok((email, comment))
 }
 
 async fn get_activity(

@@ -68,9 +68,9 @@ async fn create(state: AppState, session: Session, body: Body) -> Result<impl Re
     session.require_admin()?;
     let req: NewStaff = parse_json(&body?)?;
     let name = req.name.trim().to_string();
-    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
         return Err(ApiError::BadRequest(format!(
-            "name must be 1 to {MAX_NAME_CHARS} characters"
+            "name must be 1 to {MAX_NAME_CHARS} characters without control characters"
         )));
     }
     let (pw, generated) = match req.password {

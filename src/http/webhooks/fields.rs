@@ -5,7 +5,7 @@ use serde::de::{Deserializer, Error as _};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::domain::{AccountId, Money, MAX_TEXT_CHARS};
+use crate::domain::{free_text, AccountId, Money, MAX_TEXT_CHARS};
 
 fn string_or_integer<'de, D: Deserializer<'de>>(d: D, what: &str) -> Result<String, D::Error> {
     match Value::deserialize(d)? {
@@ -74,19 +74,15 @@ impl<'de> Deserialize<'de> for Phone {
     }
 }
 
-/// KYC notes: at most [`MAX_TEXT_CHARS`] characters; line breaks and tabs are the only control
-/// characters.
+/// KYC notes, held to [`free_text`]'s rule like notes on every other surface.
 pub struct Notes(pub String);
 
 impl<'de> Deserialize<'de> for Notes {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = string(d, "kycNotes")?;
-        if s.chars().count() > MAX_TEXT_CHARS || s.chars().any(|c| c.is_control() && !"\n\r\t".contains(c)) {
-            return Err(D::Error::custom(format!(
-                "kycNotes must be at most {MAX_TEXT_CHARS} characters without control characters"
-            )));
-        }
-        Ok(Notes(s.trim().to_string()))
+        free_text("kycNotes", &s, MAX_TEXT_CHARS)
+            .map(Notes)
+            .map_err(D::Error::custom)
     }
 }
 
