@@ -532,6 +532,25 @@ async fn bad_idempotency_keys_are_400_and_change_nothing() {
 }
 
 #[tokio::test]
+async fn each_fund_has_the_whole_range_so_play_money_never_blocks_real_money() {
+    let app = spawn_app();
+    let admin = app.admin_token().await;
+    let c = client(&app, "client@example.com");
+    for fund in ["demo", "bonus"] {
+        let grant = json!({ "amount": "10000000000", "fundType": fund });
+        assert_eq!(adjust(&app, &admin, &c.account, grant).await.0, 200);
+    }
+    let (status, account) = adjust(&app, &admin, &c.account, json!({ "amount": "5", "fundType": "real" })).await;
+    assert_eq!(status, 200, "{account}");
+    assert_eq!(account["balance"], "20000000005.00");
+    // A fund still stops at the range on its own.
+    let over = json!({ "amount": "0.00000001", "fundType": "demo" });
+    let (status, body) = adjust(&app, &admin, &c.account, over).await;
+    assert_eq!(status, 400, "{body}");
+    app.assert_books_balance();
+}
+
+#[tokio::test]
 async fn bad_adjustments_are_400_and_change_nothing() {
     let app = spawn_app();
     let admin = app.admin_token().await;

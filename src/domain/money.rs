@@ -89,9 +89,11 @@ impl Money {
         self.0.checked_add(other.0).filter(|a| a.abs() <= MAX_ATOMS).map(Money)
     }
 
-    /// Sum of several amounts, or `None` when any partial sum leaves the supported range.
-    pub fn sum(parts: impl IntoIterator<Item = Money>) -> Option<Money> {
-        parts.into_iter().try_fold(Money::ZERO, Money::checked_add)
+    /// An account's total over its three funds. Each fund is held within the range on its own,
+    /// so a demo or bonus grant never leaves a real deposit without room; the total, up to three
+    /// times the range, still fits (see `MAX_UNITS`). It is shown, never stored or parsed back.
+    pub fn total(funds: [Money; 3]) -> Money {
+        Money(funds.iter().fold(0i64, |sum, m| sum.saturating_add(m.0)))
     }
 
     /// The amount as a JSON number with the same digits as its text form (`500.00`).
@@ -218,6 +220,13 @@ mod tests {
     #[test]
     fn sums_beyond_the_range_are_refused() {
         assert!(m("10000000000").checked_add(m("0.00000001")).is_none());
+    }
+
+    #[test]
+    fn a_total_of_three_full_funds_is_exact() {
+        let full = m("10000000000");
+        assert_eq!(Money::total([full, full, full]).to_string(), "30000000000.00");
+        assert_eq!(Money::total([m("0.1"), m("0.2"), m("-0.3")]), Money::ZERO);
     }
 
     proptest! {

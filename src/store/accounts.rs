@@ -60,9 +60,8 @@ impl Account {
     }
 
     /// The guide's `balance = realBalance + demoBalance + bonusBalance`.
-    /// [`apply_balance_change`] refuses any change after which this sum would leave the range.
     pub fn balance(&self) -> Money {
-        Money::sum([self.real, self.demo, self.bonus]).unwrap_or(Money::ZERO)
+        Money::total([self.real, self.demo, self.bonus])
     }
 }
 
@@ -225,11 +224,6 @@ pub fn apply_balance_change(
             required: change.amount.abs(),
             available: before,
         });
-    }
-    if Money::sum([account.real, account.demo, account.bonus, change.amount]).is_none() {
-        return Err(StoreError::Invalid(
-            "the resulting balance would be out of the supported range".into(),
-        ));
     }
     let entry = LedgerEntry {
         id: new_uuid().to_string(),
