@@ -359,6 +359,42 @@ async fn registering_an_email_again_updates_its_contact_fields_and_nothing_else(
     assert_eq!(count(&app, "SELECT COUNT(*) FROM clients"), 1);
 }
 
+#[tokio::test]
+async fn registering_again_with_a_client_id_links_it_to_a_client_registered_without_one() {
+    let app = spawn_app();
+    assert_eq!(
+        app.event("client.registered", json!({ "email": "late@example.com" }))
+            .await
+            .0,
+        200
+    );
+    let again = json!({ "clientId": "TP-LATE", "email": "late@example.com" });
+    assert_eq!(app.event("client.registered", again).await.0, 200);
+    let linked: Option<String> = app
+        .sqlite()
+        .query_row("SELECT platform_client_id FROM clients", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(linked.as_deref(), Some("TP-LATE"));
+    let deposit = json!({ "clientId": "TP-LATE", "amount": "250", "transactionId": "TX-LATE" });
+    assert_eq!(app.event("deposit.completed", deposit).await.0, 200);
+    let changes: String = app
+        .sqlite()
+        .query_row(
+            "SELECT details FROM audit_log WHERE action = 'client.update'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let changes: Value = serde_json::from_str(&changes).unwrap();
+    assert_eq!(
+        changes["changes"]["platformClientId"],
+        json!({ "from": null, "to": "TP-LATE" })
+    );
+    // Once linked, the clientId is not replaced.
+    let other = json!({ "clientId": "TP-OTHER", "email": "late@example.com" });
+    assert_eq!(app.event("client.registered", other).await.0, 409);
+}
+
 // ---- deposit.completed --------------------------------------------------------------------
 
 #[tokio::test]

@@ -116,10 +116,19 @@ pub fn set_kyc(conn: &Connection, id: &str, status: KycStatus, notes: Option<&st
     get(conn, id)
 }
 
-pub fn update_contact(conn: &Connection, id: &str, email: Option<&Email>, contact: &Contact) -> StoreResult<Client> {
+/// Changes the fields given; `platform_id` only links a client that has none (it never replaces
+/// one).
+pub fn update_contact(
+    conn: &Connection,
+    id: &str,
+    email: Option<&Email>,
+    platform_id: Option<&str>,
+    contact: &Contact,
+) -> StoreResult<Client> {
     conn.prepare_cached(
         "UPDATE clients SET email = COALESCE(?2, email), first_name = COALESCE(?3, first_name),
-                last_name = COALESCE(?4, last_name), phone = COALESCE(?5, phone), updated_at = ?6
+                last_name = COALESCE(?4, last_name), phone = COALESCE(?5, phone), updated_at = ?6,
+                platform_client_id = COALESCE(platform_client_id, ?7)
          WHERE id = ?1",
     )?
     .execute(params![
@@ -128,9 +137,10 @@ pub fn update_contact(conn: &Connection, id: &str, email: Option<&Email>, contac
         contact.first_name,
         contact.last_name,
         contact.phone,
-        now()
+        now(),
+        platform_id
     ])
-    .map_err(|e| unique_conflict(e, "another client already has this email"))?;
+    .map_err(|e| unique_conflict(e, "another client already has this email or clientId"))?;
     get(conn, id)
 }
 
@@ -256,7 +266,7 @@ mod tests {
                 last_name: Some("Zed".into()),
                 ..Contact::default()
             };
-            update_contact(tx, &eve.id, None, &renamed)?;
+            update_contact(tx, &eve.id, None, None, &renamed)?;
 
             let cases: [(&str, &[&str]); 14] = [
                 ("SMITH", &["ann.smith@example.com", "bob@example.org"]),

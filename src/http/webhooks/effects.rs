@@ -101,7 +101,8 @@ fn account_of(conn: &Connection, client: &Client, account_id: Option<&str>) -> S
 }
 
 /// A new client gets a primary account. A repeat for a registered email is not an error: the
-/// contact fields it carries are brought up to date and nothing else changes.
+/// contact fields it carries are brought up to date, and its `clientId` is linked to a client
+/// registered without one (later events may name the client by it); nothing else changes.
 fn register(tx: &Connection, r: &Registration, ctx: &Ctx) -> StoreResult<String> {
     let by_email = clients::find_by_email(tx, &r.email)?;
     let by_platform = match &r.platform_id {
@@ -138,7 +139,11 @@ fn register(tx: &Connection, r: &Registration, ctx: &Ctx) -> StoreResult<String>
                     r.email
                 )));
             }
-            update_contact(tx, &existing, None, &r.contact, ctx)?;
+            let link = r
+                .platform_id
+                .as_deref()
+                .filter(|_| existing.platform_client_id.is_none());
+            update_contact(tx, &existing, None, link, &r.contact, ctx)?;
             Ok(existing.id)
         }
         (None, Some(_)) => Err(StoreError::Conflict(
@@ -223,7 +228,7 @@ fn update_account(tx: &Connection, a: &AccountChange, ctx: &Ctx) -> StoreResult<
             )?;
         }
     }
-    update_contact(tx, &client, a.new_email.as_ref(), &a.contact, ctx)?;
+    update_contact(tx, &client, a.new_email.as_ref(), None, &a.contact, ctx)?;
     Ok(client.id)
 }
 
@@ -232,10 +237,14 @@ fn update_contact(
     tx: &Connection,
     client: &Client,
     email: Option<&crate::domain::Email>,
+    platform_id: Option<&str>,
     contact: &Contact,
     ctx: &Ctx,
 ) -> StoreResult<()> {
     let mut changes = Map::new();
+    if let Some(p) = platform_id {
+        changes.insert("platformClientId".into(), json!({ "from": null, "to": p }));
+    }
     let mut note = |field: &str, from: &str, to: Option<&str>| {
         if let Some(to) = to.filter(|t| *t != from) {
             changes.insert(field.into(), json!({ "from": from, "to": to }));
@@ -248,7 +257,7 @@ fn update_contact(
     if changes.is_empty() {
         return Ok(());
     }
-    clients::update_contact(tx, &client.id, email, contact)?;
+    clients::update_contact(tx, &client.id, email, platform_id, contact)?;
     audit::append(
         tx,
         &ctx.audit(actions::CLIENT_UPDATE, audit::target("client", &client.id))
