@@ -857,6 +857,33 @@ async fn an_account_update_changes_leverage_currency_and_contact_fields() {
 // ---- exactly once -------------------------------------------------------------------------
 
 #[tokio::test]
+async fn a_misspelt_field_is_refused_rather_than_money_booked_without_it() {
+    let app = spawn_app();
+    app.register("m@example.com").await;
+    // accountID would send the money to the primary account; transactionID would make a retry
+    // with a new timestamp a second deposit.
+    let data = json!({ "email": "m@example.com", "amount": "100", "transactionID": "TX-M", "accountID": "x" });
+    for timestamp in ["2025-10-13T19:00:00Z", "2025-10-13T19:05:00Z"] {
+        let body = json!({ "event": "deposit.completed", "data": data, "timestamp": timestamp });
+        let (status, body) = app.post_webhook(&body).await;
+        assert_eq!(status, 400, "{body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains("did you mean"), "{error}");
+        assert_eq!(last_attempt(&app)["status"], "rejected");
+    }
+    let top = json!({ "event": "deposit.completed", "Id": "E-1", "timestamp": "2025-10-13T19:00:00Z",
+                      "data": { "email": "m@example.com", "amount": "100" } });
+    let (status, body) = app.post_webhook(&top).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("did you mean id"), "{body}");
+    assert_eq!(app.account_of("m@example.com").await["realBalance"], "0.00");
+    // Keys unlike any field are the platform's own and are ignored.
+    let extra = json!({ "email": "m@example.com", "amount": "100", "transactionId": "TX-M", "method": "card" });
+    assert_eq!(app.event("deposit.completed", extra).await.0, 200);
+    assert_eq!(app.account_of("m@example.com").await["realBalance"], "100.00");
+}
+
+#[tokio::test]
 async fn a_repeated_deposit_is_a_duplicate_and_credits_once() {
     let app = spawn_app();
     app.register("d@example.com").await;

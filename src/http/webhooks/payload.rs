@@ -1,6 +1,7 @@
 //! The webhook body `{"event", "data", "timestamp", "id"?}` parsed into typed events. Every
 //! field is validated here, and every error names the field (`data.amount: ...`).
 
+use serde::de::{Error as _, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -145,18 +146,98 @@ pub struct AccountChange {
     pub currency: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// The body's top level: `event`, `data`, `timestamp` and the optional `id`. Other keys are
+/// ignored (the platform may add some), except one spelt like these (see [`refuse_near_miss`]).
 struct Envelope {
     event: String,
     data: Map<String, Value>,
     timestamp: Timestamp,
-    #[serde(default)]
     id: Option<Reference>,
+    /// Why a top-level key spelt like a field was refused, reported once the body has parsed.
+    near_miss: Option<String>,
+}
+
+const ENVELOPE_FIELDS: &[&str] = &["event", "data", "timestamp", "id"];
+
+impl<'de> Deserialize<'de> for Envelope {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(EnvelopeVisitor)
+    }
+}
+
+struct EnvelopeVisitor;
+
+impl<'de> Visitor<'de> for EnvelopeVisitor {
+    type Value = Envelope;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a webhook body {\"event\", \"data\", \"timestamp\"}")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
+        let (mut event, mut data, mut timestamp, mut id, mut misspelt) = (None, None, None, None, None);
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "event" => event = Some(map.next_value()?),
+                "data" => data = Some(map.next_value()?),
+                "timestamp" => timestamp = Some(map.next_value()?),
+                "id" => id = map.next_value()?,
+                other => {
+                    if let Some(field) = near_miss(other, ENVELOPE_FIELDS) {
+                        misspelt.get_or_insert(format!("{}: not a field; did you mean {field}?", clip(other, 64)));
+                    }
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Envelope {
+            event: event.ok_or_else(|| A::Error::missing_field("event"))?,
+            data: data.ok_or_else(|| A::Error::missing_field("data"))?,
+            timestamp: timestamp.ok_or_else(|| A::Error::missing_field("timestamp"))?,
+            id,
+            near_miss: misspelt,
+        })
+    }
+}
+
+/// The fields an event's `data` may carry, for [`refuse_near_miss`].
+trait Fields {
+    const FIELDS: &'static [&'static str];
+}
+
+/// The field `key` is a misspelling of (`transactionID`, `account_id`, `Amount`), if any.
+/// Ignored like other unknown keys, such a key would move money to the primary account or let
+/// a retry with a new timestamp credit twice, so it is refused; keys unlike any field are
+/// ignored, so the platform may add its own.
+fn near_miss(key: &str, fields: &[&'static str]) -> Option<&'static str> {
+    let fold = |s: &str| -> String {
+        s.chars()
+            .filter(|c| !matches!(c, '_' | '-' | ' '))
+            .flat_map(char::to_lowercase)
+            .collect()
+    };
+    let folded = fold(key);
+    fields.iter().copied().find(|f| *f != key && fold(f) == folded)
+}
+
+fn refuse_near_miss<T: Fields>(data: &Map<String, Value>) -> Result<(), ApiError> {
+    for key in data.keys().filter(|k| !T::FIELDS.contains(&k.as_str())) {
+        if let Some(field) = near_miss(key, T::FIELDS) {
+            return Err(ApiError::BadRequest(format!(
+                "data.{}: not a field; did you mean {field}?",
+                clip(key, 64)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Parses a signed body. Errors are 400s naming the field.
 pub fn parse(raw: &[u8]) -> Result<Event, ApiError> {
     let envelope: Envelope = parse_json(raw)?;
+    if let Some(why) = envelope.near_miss {
+        return Err(ApiError::BadRequest(why));
+    }
     let name = EventName::parse(&envelope.event)?;
     let data = Value::Object(envelope.data);
     let action = match name {
@@ -186,7 +267,10 @@ pub fn peek_event(raw: &[u8]) -> String {
         .unwrap_or_default()
 }
 
-fn parse_data<T: serde::de::DeserializeOwned>(data: &Value) -> Result<T, ApiError> {
+fn parse_data<T: serde::de::DeserializeOwned + Fields>(data: &Value) -> Result<T, ApiError> {
+    if let Value::Object(map) = data {
+        refuse_near_miss::<T>(map)?;
+    }
     serde_path_to_error::deserialize(data).map_err(|e| {
         let path = e.path().to_string();
         let msg = e.into_inner().to_string();
@@ -222,6 +306,18 @@ struct RegisteredData {
     leverage: Option<Leverage>,
 }
 
+impl Fields for RegisteredData {
+    const FIELDS: &'static [&'static str] = &[
+        "clientId",
+        "email",
+        "firstName",
+        "lastName",
+        "phone",
+        "currency",
+        "leverage",
+    ];
+}
+
 impl From<RegisteredData> for Registration {
     fn from(d: RegisteredData) -> Registration {
         Registration {
@@ -249,6 +345,10 @@ struct MoneyData {
     account_id: Option<AccountRef>,
 }
 
+impl Fields for MoneyData {
+    const FIELDS: &'static [&'static str] = &["email", "clientId", "amount", "currency", "transactionId", "accountId"];
+}
+
 impl TryFrom<MoneyData> for Movement {
     type Error = ApiError;
     fn try_from(d: MoneyData) -> Result<Movement, ApiError> {
@@ -269,6 +369,10 @@ struct KycData {
     client_id: Option<Reference>,
     kyc_status: KycStatus,
     kyc_notes: Option<Notes>,
+}
+
+impl Fields for KycData {
+    const FIELDS: &'static [&'static str] = &["email", "clientId", "kycStatus", "kycNotes"];
 }
 
 impl TryFrom<KycData> for KycChange {
@@ -293,6 +397,19 @@ struct AccountData {
     first_name: Option<Name>,
     last_name: Option<Name>,
     phone: Option<Phone>,
+}
+
+impl Fields for AccountData {
+    const FIELDS: &'static [&'static str] = &[
+        "email",
+        "clientId",
+        "accountId",
+        "leverage",
+        "currency",
+        "firstName",
+        "lastName",
+        "phone",
+    ];
 }
 
 impl TryFrom<AccountData> for AccountChange {
@@ -335,6 +452,8 @@ impl TryFrom<AccountData> for AccountChange {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -347,6 +466,67 @@ mod tests {
         };
         assert_eq!(r.platform_id.as_deref(), Some("TEST001"));
         assert_eq!(r.email.as_str(), "test@example.com");
+    }
+
+    fn body(event: &str, data: Value) -> Vec<u8> {
+        json!({ "event": event, "data": data, "timestamp": "2025-10-13T19:00:00Z" })
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn keys_spelt_like_a_field_are_refused_and_others_ignored() {
+        let deposit = |extra: Value| {
+            let mut data = json!({ "email": "a@b.co", "amount": "1", "transactionId": "t" });
+            data.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            parse(&body("deposit.completed", data))
+        };
+        for (key, field) in [
+            ("transactionID", "transactionId"),
+            ("account_id", "accountId"),
+            ("AccountId", "accountId"),
+            ("Amount", "amount"),
+            ("client-id", "clientId"),
+        ] {
+            let err = deposit(json!({ key: "x" })).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("data.{key}")) && err.contains(field),
+                "{key}: {err}"
+            );
+        }
+        assert!(deposit(json!({ "method": "card", "fee": "0" })).is_ok());
+        let kyc = json!({ "email": "a@b.co", "kycStatus": "approved", "kyc_notes": "n" });
+        assert!(parse(&body("kyc.updated", kyc))
+            .unwrap_err()
+            .to_string()
+            .contains("kycNotes"));
+
+        let top = br#"{"event":"kyc.updated","data":{"email":"a@b.co","kycStatus":"approved"},"timestamp":"2025-10-13T19:00:00Z","ID":"e1"}"#;
+        let err = parse(top).unwrap_err().to_string();
+        assert_eq!(err, "ID: not a field; did you mean id?");
+        let other = br#"{"event":"kyc.updated","data":{"email":"a@b.co","kycStatus":"approved"},"timestamp":"2025-10-13T19:00:00Z","source":"tp","id":null}"#;
+        assert!(parse(other).is_ok());
+    }
+
+    /// Every name in a `FIELDS` list is a field its struct reads: a value of the wrong type
+    /// under that name is an error naming it (an unknown key would be ignored instead).
+    #[test]
+    fn the_field_lists_match_the_structs() {
+        let lists = [
+            ("client.registered", RegisteredData::FIELDS),
+            ("deposit.completed", MoneyData::FIELDS),
+            ("withdrawal.completed", MoneyData::FIELDS),
+            ("kyc.updated", KycData::FIELDS),
+            ("account.updated", AccountData::FIELDS),
+        ];
+        for (event, fields) in lists {
+            for field in fields {
+                let err = parse(&body(event, json!({ *field: { "wrong": "type" } })))
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.starts_with(&format!("data.{field}:")), "{event} {field}: {err}");
+            }
+        }
     }
 
     #[test]
