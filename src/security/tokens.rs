@@ -2,8 +2,12 @@
 //! either from ever being accepted as the other (different secrets, and a staff token must
 //! carry `iss = "crm"` and `typ = "staff"`, which an SSO token never has).
 
-use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 
 use crate::domain::Role;
 
@@ -43,6 +47,21 @@ fn now_secs() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
+/// An HS256 JWT of `claims`. The header is written `{"alg":"HS256","typ":"JWT"}`, key for key as
+/// in the guide's example token (`eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9...`); jsonwebtoken writes
+/// `typ` first, which any JWT library accepts but a platform comparing prefixes would not.
+fn sign_hs256(claims: &impl Serialize, secret: &[u8]) -> anyhow::Result<String> {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims)?);
+    let signing_input = format!("{header}.{payload}");
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret)?;
+    mac.update(signing_input.as_bytes());
+    Ok(format!(
+        "{signing_input}.{}",
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    ))
+}
+
 pub fn issue_staff(
     secret: &[u8],
     staff_id: &str,
@@ -59,12 +78,7 @@ pub fn issue_staff(
         typ: STAFF_TYPE.into(),
         gen: Some(generation),
     };
-    let token = encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret),
-    )?;
-    Ok((token, claims))
+    Ok((sign_hs256(&claims, secret)?, claims))
 }
 
 /// Accepts a staff token signed with any of `secrets` (the current one, then the previous one
@@ -90,12 +104,7 @@ pub fn issue_sso(secret: &[u8], client_email: &str, impersonated_by: &str) -> an
         iat,
         exp: iat + SSO_TTL_SECS,
     };
-    let token = encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret),
-    )?;
-    Ok((token, claims))
+    Ok((sign_hs256(&claims, secret)?, claims))
 }
 
 /// What the Trading Platform does with an SSO token; used by the tests and `crm doctor`.
@@ -126,6 +135,15 @@ mod tests {
         assert!(verify_staff(&sso, &[b"same"]).is_none());
         let (staff, _) = issue_staff(b"same", "u1", Role::Admin, 0).unwrap();
         assert!(verify_sso(&staff, b"same").is_none());
+    }
+
+    #[test]
+    fn tokens_start_with_the_guides_header() {
+        let (sso, _) = issue_sso(b"s", "c@example.com", "admin@example.com").unwrap();
+        let (staff, _) = issue_staff(b"s", "u1", Role::Admin, 0).unwrap();
+        for token in [sso, staff] {
+            assert!(token.starts_with("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9."), "{token}");
+        }
     }
 
     #[test]
@@ -161,12 +179,7 @@ mod tests {
             typ: STAFF_TYPE.into(),
             gen: Some(0),
         };
-        let token = encode(
-            &Header::new(Algorithm::HS256),
-            &expired,
-            &EncodingKey::from_secret(b"k"),
-        )
-        .unwrap();
+        let token = sign_hs256(&expired, b"k").unwrap();
         assert!(verify_staff(&token, &[b"k"]).is_none());
     }
 
