@@ -269,6 +269,8 @@ fn catalogue(ctx: &Ctx) -> Vec<Row> {
         row("garbage for a token", "GET", "/api/clients").auth(Auth::Bearer("a.b.c".into())),
         // ---- staff API ---------------------------------------------------------------------------
         row("a huge page size", "GET", "/api/clients?limit=1000000000000").auth(Auth::Admin),
+        row("a NUL in a search term", "GET", "/api/clients?q=ab%00cd").auth(Auth::Admin),
+        row("a line break in a short search term", "GET", "/api/clients?q=a%0Ab").auth(Auth::Admin),
         row("a page size that is not a number", "GET", "/api/clients?limit=abc").auth(Auth::Admin),
         row("an unknown query parameter value", "GET", "/api/clients?after=%00").auth(Auth::Admin),
         row("a client id that is not a uuid", "GET", "/api/clients/not-a-uuid").auth(Auth::Admin),

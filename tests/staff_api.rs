@@ -169,6 +169,34 @@ async fn repeated_failures_from_one_address_are_throttled_across_emails() {
     assert_eq!(status, 429);
 }
 
+/// What another website can make a visiting browser send without a preflight: a `text/plain`
+/// or form body. Such logins are refused before they count, so they cannot lock the office out.
+#[tokio::test]
+async fn logins_that_are_not_json_are_refused_and_not_counted() {
+    let app = spawn_app();
+    for (i, content_type) in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"]
+        .iter()
+        .cycle()
+        .take(30)
+        .enumerate()
+    {
+        let body = json!({ "email": format!("guess{i}@broker.example"), "password": "guess" });
+        let resp = app
+            .http
+            .post(app.url("/api/auth/login"))
+            .header("content-type", *content_type)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = into_parts(resp).await;
+        assert_eq!(status, 400, "{content_type}: {body}");
+        assert_eq!(body["error"], "Content-Type must be application/json");
+    }
+    let (status, body) = app.login_as(&app.admin_email, &app.admin_password).await;
+    assert_eq!(status, 200, "{body}");
+}
+
 #[tokio::test]
 async fn a_password_change_ends_earlier_sessions_and_keeps_the_new_one() {
     let app = spawn_app();

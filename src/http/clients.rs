@@ -73,6 +73,10 @@ async fn list(state: AppState, session: Session, params: Result<Params, ApiError
     let params = params?;
     query::only(&params, &["q", "after", "limit"])?;
     let term = query::text(&params, "q").map(|t| t.chars().take(MAX_SEARCH_CHARS).collect::<String>());
+    // No name, email or platform id holds one, and the full-text index cannot take a NUL.
+    if term.as_ref().is_some_and(|t| t.chars().any(char::is_control)) {
+        return Err(ApiError::BadRequest("q must not contain control characters".into()));
+    }
     let after = match query::text(&params, "after") {
         Some(raw) => Some(query::decode_cursor(raw, 2)?),
         None => None,

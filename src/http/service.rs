@@ -69,7 +69,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let update_kyc = warp::path!("api" / "service" / "clients" / String / "kyc")
         .and(warp::patch())
         .and(caller(state.clone()))
-        .and(json_body())
+        .and(body::json(body::DEFAULT_LIMIT))
         .and(with_state(state.clone()))
         .then(
             |email: String, caller: Result<Caller, ApiError>, body: Result<Bytes, ApiError>, state: AppState| async move {
@@ -79,7 +79,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let add_note = warp::path!("api" / "service" / "clients" / String / "notes")
         .and(warp::post())
         .and(caller(state.clone()))
-        .and(json_body())
+        .and(body::json(body::DEFAULT_LIMIT))
         .and(with_state(state.clone()))
         .then(
             |email: String, caller: Result<Caller, ApiError>, body: Result<Bytes, ApiError>, state: AppState| async move {
@@ -348,24 +348,6 @@ fn path_email(raw: &str) -> Result<Email, ApiError> {
         .decode_utf8()
         .map_err(|_| ApiError::BadRequest("the email in the path is not valid UTF-8".into()))?;
     Ok(Email::parse(&decoded)?)
-}
-
-/// The raw body of a JSON request; any other declared content type is refused.
-fn json_body() -> impl Filter<Extract = (Result<Bytes, ApiError>,), Error = std::convert::Infallible> + Clone {
-    warp::header::headers_cloned().and(body::raw(body::DEFAULT_LIMIT)).map(
-        |headers: HeaderMap, body: Result<Bytes, ApiError>| {
-            let is_json = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(';').next())
-                .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
-            if is_json {
-                body
-            } else {
-                Err(ApiError::BadRequest("Content-Type must be application/json".into()))
-            }
-        },
-    )
 }
 
 /// Authenticates and rate-limits the caller, or gives the 401/429 to answer (and records it).

@@ -28,7 +28,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(warp::reply::Response,)> {
         .and(warp::post())
         .and(with_state(state.clone()))
         .and(client_ip())
-        .and(body::raw(body::DEFAULT_LIMIT))
+        .and(body::json(body::DEFAULT_LIMIT))
         .then(|state, ip, body| async move { respond(login(state, ip, body).await) });
     let me = warp::path!("api" / "auth" / "me")
         .and(warp::get())
