@@ -625,6 +625,8 @@ async fn metrics_count_requests_by_route_and_status() {
         "{text}"
     );
     assert!(text.contains("crm_db_pool_connections"), "{text}");
+    // Only the exact path: a proxy that blocks /metrics must not leak them through /metrics/.
+    assert_eq!(app.get("/metrics/").await.0, 404);
 }
 
 #[tokio::test]

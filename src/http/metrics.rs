@@ -136,7 +136,17 @@ fn route_label(path: &str) -> String {
 }
 
 pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
+    // Exactly `/metrics`: warp would also match `/metrics/`, which a proxy blocking the one path
+    // lets through.
     warp::path!("metrics")
+        .and(warp::path::full())
+        .and_then(|path: warp::path::FullPath| async move {
+            match path.as_str() {
+                "/metrics" => Ok(()),
+                _ => Err(warp::reject::not_found()),
+            }
+        })
+        .untuple_one()
         .and(warp::get())
         .and(with_state(state))
         .then(|state: AppState| async move { respond(render(state).await) })
