@@ -26,6 +26,7 @@ async fn verify_passes_on_a_healthy_database_and_fails_when_an_audit_row_is_edit
     assert!(out.status.success(), "{}", stdout(&out));
     assert!(stdout(&out).contains("all checks passed"));
     assert!(stdout(&out).contains("ok    SQLite quick check"), "{}", stdout(&out));
+    assert!(stdout(&out).starts_with("holds 0 clients; newest ledger entry none; newest audit entry #1 at "));
     let full = app.crm(&["verify", "--full"]);
     assert!(full.status.success(), "{}", stdout(&full));
     assert!(
@@ -43,6 +44,24 @@ async fn verify_passes_on_a_healthy_database_and_fails_when_an_audit_row_is_edit
     let out = app.crm(&["verify"]);
     assert!(!out.status.success());
     assert!(stdout(&out).contains("FAIL  audit log hash chain"), "{}", stdout(&out));
+}
+
+#[tokio::test]
+async fn verify_names_a_claim_whose_webhook_attempt_is_gone() {
+    let app = spawn_app();
+    app.register("claimed@example.com").await;
+    app.sqlite()
+        .execute_batch("PRAGMA foreign_keys = OFF; DELETE FROM webhook_events;")
+        .unwrap();
+    let out = app.crm(&["verify"]);
+    assert!(!out.status.success());
+    // webhook_claims is WITHOUT ROWID: the row is named without a rowid, not a crash.
+    assert!(
+        stdout(&out).contains("webhook_claims a row points at a missing webhook_events"),
+        "{}{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
@@ -353,7 +372,8 @@ async fn a_backup_is_one_consistent_file_and_restoring_it_is_a_copy() {
 async fn checks_and_backups_refuse_a_missing_database_and_never_overwrite_the_live_one() {
     let app = spawn_app();
     let typo = app.dir.path().join("typo").join("crn.db");
-    for command in [&["verify"][..], &["backup"], &["doctor"]] {
+    let commands = [&["verify"][..], &["backup"], &["doctor"], &["user", "list"]];
+    for command in commands {
         let mut args = command.to_vec();
         args.extend(["--database", typo.to_str().unwrap()]);
         let out = app.crm(&args);
@@ -365,6 +385,39 @@ async fn checks_and_backups_refuse_a_missing_database_and_never_overwrite_the_li
             "{command:?} created it"
         );
     }
+    // A restore whose copy arrived empty, or an older schema: refused, and left as it was.
+    let empty = app.dir.path().join("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+    let old = app.dir.path().join("old.db");
+    assert!(app.crm(&["backup", "--out", old.to_str().unwrap()]).status.success());
+    let conn = rusqlite::Connection::open(&old).unwrap();
+    conn.execute(
+        "DELETE FROM refinery_schema_history WHERE version = (SELECT max(version) FROM refinery_schema_history)",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let old_bytes = std::fs::read(&old).unwrap();
+    for (path, expected) in [(&empty, "is not a CRM database"), (&old, "`crm migrate` upgrades it")] {
+        for command in commands {
+            let mut args = command.to_vec();
+            args.extend(["--database", path.to_str().unwrap()]);
+            let out = app.crm(&args);
+            assert!(!out.status.success(), "{command:?}: {}", stdout(&out));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(expected), "{command:?}: {err}");
+        }
+    }
+    assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0);
+    assert_eq!(
+        std::fs::read(&old).unwrap(),
+        old_bytes,
+        "the old schema was left as it was"
+    );
+    assert!(
+        !app.dir.path().join("backups").exists(),
+        "no pre-migration copy was made"
+    );
 
     app.register("kept@example.com").await;
     let database = app.dir.path().join("crm.db");
@@ -397,6 +450,33 @@ async fn checks_and_backups_refuse_a_missing_database_and_never_overwrite_the_li
     let out = app.crm(&["backup", "--out", older.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(integrity_ok(&older));
+}
+
+/// The first scheduled backup is due one interval after the newest one, not after start-up, so
+/// restarts more frequent than the interval cannot put it off for ever.
+#[tokio::test]
+async fn the_first_scheduled_backup_is_due_from_the_newest_one_not_from_start_up() {
+    let hourly = || Spawn::default().env("CRM_BACKUP_INTERVAL", "1h");
+    let backups = |dir: &Path| crm::ops::backup::list(&dir.join("backups"));
+    let app = spawn_with(hourly());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while backups(app.dir.path()).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        backups(app.dir.path()).len(),
+        1,
+        "none existed: one is taken at start-up"
+    );
+    // Restarted with a fresh backup in place: nothing is due for an hour.
+    let dir = app.stop();
+    let again = spawn_with(Spawn {
+        dir: Some(dir),
+        ..hourly()
+    });
+    assert_eq!(again.get("/healthz").await.0, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(backups(again.dir.path()).len(), 1);
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use crate::cli::{Cli, Command, SecretsCommand};
 use crate::config::{Overrides, Settings, SECRET_NAMES};
 use crate::ops::verify::Depth;
-use crate::store::Db;
+use crate::store::{check_existing, Db};
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut flags = Overrides {
@@ -27,7 +27,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("database {} is up to date", settings.database.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::User(cmd) => with_db(&Settings::load(&flags)?, |db| user::run(db, cmd)),
+        Command::User(cmd) => with_existing_db(&Settings::load(&flags)?, |db| user::run(db, cmd)),
         Command::Secrets(SecretsCommand::Generate) => {
             for name in SECRET_NAMES {
                 println!("{name}={}", crate::security::random_secret_hex());
@@ -65,15 +65,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// [`with_db`] for the commands that check or copy a database: a path that names no database is
-/// a mistake (a typo in a cron job), and creating an empty one there would pass every check.
+/// [`with_db`] for the commands that check, copy or manage a database: a path that names no
+/// CRM database is a mistake (a typo in a cron job, a failed copy), and creating or migrating one
+/// there would pass every check or add a user nobody can use (see [`check_existing`]).
 fn with_existing_db<T>(settings: &Settings, command: impl FnOnce(&Db) -> anyhow::Result<T>) -> anyhow::Result<T> {
-    if !settings.database.is_file() {
-        anyhow::bail!(
-            "there is no database at {} (check --database, CRM_DATABASE or crm.toml; `crm serve` and `crm migrate` create one)",
-            settings.database.display()
-        );
-    }
+    check_existing(&settings.database)?;
     with_db(settings, command)
 }
 

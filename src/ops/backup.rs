@@ -98,8 +98,21 @@ pub fn prune(dir: &Path, keep: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `serve`'s schedule: a backup every `interval`, keeping the newest `keep`. The first one is
-/// taken one interval after start-up. Failures are logged and retried at the next tick.
+/// How long after start-up the first scheduled backup is due: one interval after the newest one
+/// in `dir`, at once when there is none or it is older than that. Counting from start-up instead
+/// put the backup off for ever on a server restarted more often than the interval (a daily
+/// deploy with the default `24h`).
+fn first_due(dir: &Path, interval: Duration) -> Duration {
+    let age = list(dir)
+        .first()
+        .and_then(|newest| newest.metadata().ok())
+        .and_then(|m| m.modified().ok())
+        .and_then(|at| std::time::SystemTime::now().duration_since(at).ok());
+    age.map_or(Duration::ZERO, |age| interval.saturating_sub(age))
+}
+
+/// `serve`'s schedule: a backup every `interval`, keeping the newest `keep`; the first one when
+/// [`first_due`]. Failures are logged and retried at the next tick.
 ///
 /// Ends when `stop` changes (or its sender is gone), after the backup in progress, if any: the
 /// server folds its WAL into the database file on the way out, which a snapshot still reading
@@ -111,7 +124,7 @@ pub async fn schedule(
     keep: usize,
     mut stop: tokio::sync::watch::Receiver<()>,
 ) {
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + first_due(&dir, interval), interval);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}

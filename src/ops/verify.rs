@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use serde::Deserialize;
 
 use crate::domain::Money;
@@ -13,6 +13,8 @@ use crate::store::{accounts, audit, Db, StoreError, StoreResult};
 
 #[derive(Debug, Default)]
 pub struct Report {
+    /// What the database holds, so a restored copy can be told from an empty one at a glance.
+    pub contents: String,
     pub checks: Vec<(String, Vec<String>)>,
 }
 
@@ -28,6 +30,7 @@ impl Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "holds {}", self.contents)?;
         for (name, problems) in &self.checks {
             if problems.is_empty() {
                 writeln!(f, "ok    {name}")?;
@@ -75,7 +78,10 @@ pub fn run(db: &Db, depth: Depth) -> anyhow::Result<Report> {
         let chain = audit_chain(db, bounds);
         (join(integrity), join(books), chain)
     });
-    let mut report = Report::default();
+    let mut report = Report {
+        contents: db.read_sync(|conn| contents(conn, bounds))?,
+        ..Report::default()
+    };
     let name = match depth {
         Depth::Quick => "SQLite quick check (--full for the index-by-index integrity check)",
         Depth::Full => "SQLite integrity check",
@@ -94,6 +100,20 @@ pub fn run(db: &Db, depth: Depth) -> anyhow::Result<Report> {
         recorded_problems(in_ledger, in_audit, broken),
     );
     Ok(report)
+}
+
+/// Clients, and the newest ledger entry and audit row with their times.
+fn contents(conn: &Connection, bounds: Bounds) -> StoreResult<String> {
+    let clients: i64 = conn.query_row("SELECT count(*) FROM clients", [], |r| r.get(0))?;
+    let at = |sql: &str, seq: i64| -> StoreResult<String> {
+        let at: Option<String> = conn.query_row(sql, [seq], |r| r.get(0)).optional()?;
+        Ok(at.map_or_else(|| "none".to_string(), |at| format!("#{seq} at {at}")))
+    };
+    Ok(format!(
+        "{clients} clients; newest ledger entry {}; newest audit entry {}",
+        at("SELECT created_at FROM ledger_entries WHERE seq = ?1", bounds.ledger)?,
+        at("SELECT at FROM audit_log WHERE seq = ?1", bounds.audit)?,
+    ))
 }
 
 /// The newest ledger entry and audit row at one moment. Each ledger entry and the audit entry
@@ -283,10 +303,14 @@ fn foreign_key_problems(conn: &Connection) -> StoreResult<Vec<String>> {
     let mut problems = Vec::new();
     for table in &tables {
         let found = check.query_map([table], |r| {
+            // A table WITHOUT ROWID (webhook_claims) has no rowid to name the row by.
+            let row = match r.get::<_, Option<i64>>(1)? {
+                Some(rowid) => format!("row {rowid}"),
+                None => "a row".into(),
+            };
             Ok(format!(
-                "{} row {} points at a missing {}",
+                "{} {row} points at a missing {}",
                 r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
                 r.get::<_, String>(2)?
             ))
         })?;

@@ -26,7 +26,7 @@ use std::time::Duration;
 use anyhow::Context;
 use group_commit::Ack;
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
 
 use crate::domain::{FundType, Invalid, Money};
 
@@ -352,6 +352,43 @@ pub fn snapshot_into(conn: &Connection, target: &Path) -> anyhow::Result<()> {
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::File::open(folder)?.sync_all()?;
+    Ok(())
+}
+
+/// Refuses a file that is not a CRM database at this build's schema, without changing it: for
+/// the commands that check, copy or manage an existing database (`verify`, `backup`, `doctor`,
+/// `user`). An empty file (a failed copy) or another program's database must not pass a check
+/// as an empty CRM, and an older schema is migrated only on purpose (`crm migrate` or `serve`).
+pub fn check_existing(path: &Path) -> anyhow::Result<()> {
+    let shown = path.display();
+    let hint = "check --database, CRM_DATABASE or crm.toml; `crm serve` and `crm migrate` create one";
+    if !path.is_file() {
+        anyhow::bail!("there is no database at {shown} ({hint})");
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .with_context(|| format!("cannot open {shown}"))?;
+    let applied: Option<i32> = conn
+        .query_row("SELECT max(version) FROM refinery_schema_history", [], |r| r.get(0))
+        .ok()
+        .flatten();
+    let Some(applied) = applied else {
+        anyhow::bail!("{shown} is not a CRM database (it is empty, or another program's file); {hint}");
+    };
+    let newest = embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| m.version())
+        .max()
+        .unwrap_or(0);
+    if applied < newest {
+        anyhow::bail!(
+            "{shown} has schema V{applied} and this build has V{newest}: `crm migrate` upgrades it (keeping a copy \
+             of it as it was in backups/), or use the build that wrote it"
+        );
+    }
+    if applied > newest {
+        anyhow::bail!("{shown} has schema V{applied}, newer than this build's V{newest}: use the build that wrote it");
+    }
     Ok(())
 }
 

@@ -104,7 +104,10 @@ pub fn spawn_with(opts: Spawn) -> TestApp {
         .env("WEBHOOK_SECRET", &secrets.webhook)
         .env("SERVICE_API_TOKEN", &secrets.service)
         .env("SSO_SECRET", &secrets.sso)
-        .env("TRADING_PLATFORM_URL", PLATFORM_URL);
+        .env("TRADING_PLATFORM_URL", PLATFORM_URL)
+        // A first scheduled backup is due at start-up when there is none; tests that want the
+        // schedule set an interval.
+        .env("CRM_BACKUP_INTERVAL", "off");
     for (k, v) in &opts.env {
         cmd.env(k, v);
     }
