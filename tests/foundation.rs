@@ -375,6 +375,24 @@ fn bad_configuration_stops_start_up_with_one_line_naming_the_key() {
     assert!(stderr.contains("webhook_secrte"), "{stderr}");
 }
 
+/// A mistyped log level would be read as a module name and silence every line, errors included.
+#[test]
+fn a_log_level_that_is_no_level_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    for level in ["warning", "verbose"] {
+        let out = crm_command(dir.path())
+            .env("CRM_LOG", level)
+            .env("CRM_LISTEN", "127.0.0.1:0")
+            .arg("serve")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("CRM_LOG") && stderr.contains(level), "{stderr}");
+        assert!(!dir.path().join("crm.db").exists());
+    }
+}
+
 #[test]
 fn help_explains_every_command() {
     let dir = tempfile::tempdir().unwrap();

@@ -11,7 +11,7 @@ use crate::security::random_password;
 use crate::store::{audit_index, staff, Db};
 
 pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
-    init_logging(settings.log_format);
+    init_logging(settings.log_format)?;
     let db = Db::open(&settings.database)?;
     let (secrets, generated) = resolve_secrets(settings)?;
     if !generated.is_empty() {
@@ -107,9 +107,31 @@ fn bootstrap_admin(db: &Db) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CRM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// `CRM_LOG`: a level (`error`, `warn`, `info`, `debug`, `trace`, `off`) or `target=level`
+/// directives. A bare word that is no level would be read as a target and silence everything
+/// else (`warning`, `verbose`), so it is refused like any other bad setting.
+fn log_filter() -> anyhow::Result<tracing_subscriber::EnvFilter> {
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    let raw = match std::env::var("CRM_LOG") {
+        Ok(raw) if !raw.trim().is_empty() => raw,
+        // The migration library logs every start at info, with paths from the build machine.
+        _ => return Ok(tracing_subscriber::EnvFilter::new("info,refinery_core=warn")),
+    };
+    let bare_word = raw
+        .split(',')
+        .map(str::trim)
+        .find(|d| !d.is_empty() && !d.contains('=') && !LEVELS.contains(&d.to_ascii_lowercase().as_str()));
+    if let Some(word) = bare_word {
+        anyhow::bail!(
+            "CRM_LOG: {word:?} is not a log level; use one of {} (or target=level directives)",
+            LEVELS.join(", ")
+        );
+    }
+    tracing_subscriber::EnvFilter::try_new(&raw).map_err(|e| anyhow::anyhow!("CRM_LOG: {e}"))
+}
+
+fn init_logging(format: LogFormat) -> anyhow::Result<()> {
+    let filter = log_filter()?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -119,6 +141,7 @@ fn init_logging(format: LogFormat) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    Ok(())
 }
 
 /// Listens for SIGINT and SIGTERM. The handlers are installed here, before the server says it
