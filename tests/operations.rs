@@ -452,6 +452,35 @@ async fn checks_and_backups_refuse_a_missing_database_and_never_overwrite_the_li
     assert!(integrity_ok(&older));
 }
 
+/// The database, its WAL and its backups hold password hashes and personal data: private to the
+/// CRM's user whatever the umask, like `secrets.env`.
+#[tokio::test]
+async fn the_database_and_its_backups_are_private_to_the_crms_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = spawn_with(Spawn::default().env("CRM_DATABASE", "data/new/crm.db"));
+    app.register("private@example.com").await;
+    let data = app.dir.path().join("data");
+    let out = crm_command(app.dir.path())
+        .env("CRM_DATABASE", "data/new/crm.db")
+        .args(["backup"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let backup = crm::ops::backup::list(&data.join("new").join("backups")).remove(0);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for dir in [data.clone(), data.join("new"), data.join("new").join("backups")] {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+    for file in [
+        data.join("new/crm.db"),
+        data.join("new/crm.db-wal"),
+        data.join("new/crm.db-shm"),
+        backup,
+    ] {
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
+}
+
 /// The first scheduled backup is due one interval after the newest one, not after start-up, so
 /// restarts more frequent than the interval cannot put it off for ever.
 #[tokio::test]

@@ -41,7 +41,7 @@ fn refuse_database_file(path: &Path, database: &Path) -> anyhow::Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&folder).with_context(|| format!("cannot create {}", folder.display()))?;
+    crate::store::private_dir(&folder).with_context(|| format!("cannot create {}", folder.display()))?;
     let name = path
         .file_name()
         .with_context(|| format!("{} names no file", path.display()))?;

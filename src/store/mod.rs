@@ -142,9 +142,10 @@ impl Db {
     /// Opens (creating if needed) the database at `path` and applies pending migrations.
     pub fn open(path: &Path) -> anyhow::Result<Db> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create the database folder {}", dir.display()))?;
+            private_dir(dir).with_context(|| format!("cannot create the database folder {}", dir.display()))?;
         }
+        // SQLite gives the WAL and shared-memory files the database file's mode.
+        private_file(path).with_context(|| format!("cannot create the database {}", path.display()))?;
         let mut writer =
             Connection::open(path).with_context(|| format!("cannot open the database {}", path.display()))?;
         configure(&writer)?;
@@ -336,13 +337,18 @@ impl Db {
 /// `VACUUM INTO` reads inside one transaction, so concurrent writers do not tear the copy.
 pub fn snapshot_into(conn: &Connection, target: &Path) -> anyhow::Result<()> {
     if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        private_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let tmp = target.with_extension("partial");
     let _ = std::fs::remove_file(&tmp);
     let tmp_text = tmp.to_str().context("the backup path must be valid UTF-8")?;
-    conn.execute("VACUUM INTO ?1", [tmp_text])
-        .with_context(|| format!("writing the snapshot to {} failed", tmp.display()))?;
+    // VACUUM INTO writes into an empty file as it finds it, so the copy is private from its
+    // first byte; a failed one is removed rather than left as a full copy under another name.
+    private_file(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    if let Err(e) = conn.execute("VACUUM INTO ?1", [tmp_text]) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing the snapshot to {} failed", tmp.display()));
+    }
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, target).with_context(|| format!("cannot move the snapshot to {}", target.display()))?;
     // The rename itself is durable only once its folder is synced: before that, a power cut
@@ -353,6 +359,28 @@ pub fn snapshot_into(conn: &Connection, target: &Path) -> anyhow::Result<()> {
         .unwrap_or(Path::new("."));
     std::fs::File::open(folder)?.sync_all()?;
     Ok(())
+}
+
+/// Creates `dir` and the folders above it that are missing, readable by the CRM's user only: the
+/// database and its backups hold staff password hashes and clients' personal data, and should be
+/// private whatever the umask (as `secrets.env` is). An existing folder is left as it is.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Creates `path` empty with mode 0600 unless it exists (see [`private_dir`]).
+fn private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    match created {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Refuses a file that is not a CRM database at this build's schema, without changing it: for
