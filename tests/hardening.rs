@@ -101,6 +101,32 @@ async fn a_body_that_stops_arriving_is_cut_off_with_408() {
     app.assert_books_balance();
 }
 
+/// A client that sends requests and never reads the answers is cut off once the answers stop
+/// moving for the body timeout, so a thousand such sockets cannot hold every connection slot.
+#[tokio::test]
+async fn a_client_that_stops_reading_its_answers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_with(Spawn::default().env("CRM_BODY_TIMEOUT_SECS", "1"));
+    let addr = app.base.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let requests = 500;
+    let one = b"GET /api/openapi.json HTTP/1.1\r\nHost: test\r\n\r\n";
+    stream.write_all(&one.repeat(requests)).await.unwrap();
+    // Read nothing for well over the timeout, then everything until the server ends it.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(60), stream.read_to_end(&mut received)).await;
+    assert!(read.is_ok(), "the connection stayed open");
+    let answered = received.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count();
+    assert!(
+        answered < requests,
+        "all {requests} answers were sent to a client that stopped reading"
+    );
+    assert_eq!(app.get("/healthz").await.0, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_database_answers_503_acknowledges_nothing_and_the_resend_applies_once() {
     let app = spawn_with(Spawn::default().env("CRM_SERVICE_RATE_LIMIT", "0"));

@@ -1,16 +1,21 @@
 //! The accept loop. warp's own `serve` sets no timers, so a client could hold a connection open
-//! forever by trickling its headers; this loop runs the same warp filter on hyper with a header
-//! read timeout, a cap on open connections, the client address for the audit log, and graceful
-//! shutdown that lets requests in flight finish.
+//! forever by trickling its headers or by never reading its answers; this loop runs the same warp
+//! filter on hyper with a header read timeout, a write stall timeout, a cap on open connections,
+//! the client address for the audit log, and graceful shutdown that lets requests in flight
+//! finish.
 
 use std::future::Future;
+use std::io;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tower_service::Service;
 use warp::Filter;
@@ -26,7 +31,8 @@ const MAX_CONNECTIONS: usize = 1024;
 pub struct ClientAddr(pub IpAddr);
 
 /// How long a request's body may take to arrive (`body_timeout_secs`), put into its extensions
-/// beside the client address so `body::raw` needs no global setting.
+/// beside the client address so `body::raw` needs no global setting. The same time bounds how
+/// long an answer waits on a client that has stopped reading (see [`StallGuard`]).
 #[derive(Debug, Clone, Copy)]
 pub struct BodyTimeout(pub Duration);
 
@@ -72,7 +78,7 @@ pub async fn run<F, R>(
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), handler);
+            .serve_connection(TokioIo::new(StallGuard::new(stream, body_timeout)), handler);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -83,4 +89,77 @@ pub async fn run<F, R>(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// A connection whose writes fail once the peer has taken nothing for `limit`. A client that
+/// sends requests and never reads the answers (pipelined, from a thousand sockets) would
+/// otherwise hold every connection slot for as long as it liked. The timer is armed only when a
+/// write cannot proceed (the socket's buffer is full), so an answer to a client that reads costs
+/// nothing more.
+struct StallGuard {
+    stream: TcpStream,
+    limit: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl StallGuard {
+    fn new(stream: TcpStream, limit: Duration) -> StallGuard {
+        StallGuard {
+            stream,
+            limit,
+            stalled: None,
+        }
+    }
+
+    /// Passes a write's outcome on, arming the timer while it is pending and failing the write
+    /// once the timer has run out.
+    fn watch<T>(&mut self, cx: &mut Context<'_>, outcome: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if outcome.is_ready() {
+            self.stalled = None;
+            return outcome;
+        }
+        let limit = self.limit;
+        let timer = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        ready!(timer.as_mut().poll(cx));
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client stopped reading",
+        )))
+    }
+}
+
+impl AsyncRead for StallGuard {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for StallGuard {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let outcome = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.watch(cx, outcome)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let outcome = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.watch(cx, outcome)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let outcome = Pin::new(&mut self.stream).poll_flush(cx);
+        self.watch(cx, outcome)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let outcome = Pin::new(&mut self.stream).poll_shutdown(cx);
+        self.watch(cx, outcome)
+    }
 }
