@@ -2,10 +2,17 @@
 //!
 //! A small fixed-window counter rather than `governor`: only failures count, and a success must
 //! be able to clear an email's count, which a token bucket cannot express. Memory is bounded:
-//! each table holds at most `max_keys` entries; expired windows are dropped first, and when every
-//! window is still live the oldest one is forgotten (the per-address limit still holds).
+//! each table holds at most `max_keys` entries; expired windows are dropped first, then the
+//! oldest window still below its limit, and only when every window is at its limit the oldest
+//! of those: a flood of junk emails (one failure each) cannot push a locked-out email's window
+//! out and give its guesser five more tries.
+//!
+//! An IPv6 client is counted by its /64, the block one subscriber gets: counted per address, one
+//! such block is four billion billion addresses of twenty guesses each.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -85,7 +92,7 @@ impl Table {
     }
 
     /// Counts one failure; returns when the window that counted it started.
-    fn record(&mut self, key: &str, window: Duration, max_keys: usize, now: Instant) -> Instant {
+    fn record(&mut self, key: &str, limit: u32, window: Duration, max_keys: usize, now: Instant) -> Instant {
         let live = |w: &Window| now.duration_since(w.started) < window;
         if let Some(w) = self.0.get_mut(key) {
             if live(w) {
@@ -99,8 +106,14 @@ impl Table {
             self.0.retain(|_, w| live(w));
         }
         if self.0.len() >= max_keys {
-            if let Some(oldest) = self.0.iter().min_by_key(|(_, w)| w.started).map(|(k, _)| k.clone()) {
-                self.0.remove(&oldest);
+            // Windows at their limit are kept longest (`false` orders first).
+            let forget = self
+                .0
+                .iter()
+                .min_by_key(|(_, w)| (w.failures >= limit, w.started))
+                .map(|(k, _)| k.clone());
+            if let Some(key) = forget {
+                self.0.remove(&key);
             }
         }
         self.0.insert(key.to_string(), Window::new(now));
@@ -141,19 +154,21 @@ impl LoginThrottle {
     /// but never the address's other failures: someone who alternates guessing others'
     /// passwords with signing in to their own account still reaches the per-address limit.
     pub fn record_success(&self, email: &str, ip: &str, attempt: Attempt) {
+        let ip = address_key(ip);
         let mut t = self.lock();
         t.emails.0.remove(email);
-        if let Some(w) = t.ips.0.get_mut(ip).filter(|w| w.started == attempt.ip_window) {
+        if let Some(w) = t.ips.0.get_mut(ip.as_ref()).filter(|w| w.started == attempt.ip_window) {
             w.failures = w.failures.saturating_sub(1);
         }
     }
 
     fn try_attempt_at(&self, email: &str, ip: &str, now: Instant) -> Result<Attempt, Refused> {
         let l = &self.limits;
+        let ip = address_key(ip);
         let mut t = self.lock();
         let refusals = [
             t.emails.refuse(email, l.per_email, l.window, now),
-            t.ips.refuse(ip, l.per_ip, l.window, now),
+            t.ips.refuse(&ip, l.per_ip, l.window, now),
         ];
         if let Some(wait) = refusals.iter().flatten().map(|r| r.0).max() {
             return Err(Refused {
@@ -161,14 +176,25 @@ impl LoginThrottle {
                 first: refusals.iter().flatten().any(|r| r.1),
             });
         }
-        t.emails.record(email, l.window, l.max_keys, now);
-        let ip_window = t.ips.record(ip, l.window, l.max_keys, now);
+        t.emails.record(email, l.per_email, l.window, l.max_keys, now);
+        let ip_window = t.ips.record(&ip, l.per_ip, l.window, l.max_keys, now);
         Ok(Attempt { ip_window })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
         // The tables hold plain counters; a panic elsewhere cannot leave them inconsistent.
         self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What an address is counted as: itself, or for IPv6 its /64 (see the module's comment).
+fn address_key(ip: &str) -> Cow<'_, str> {
+    match ip.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+            let block = u128::from(v6) & !((1u128 << 64) - 1);
+            Cow::Owned(format!("{}/64", Ipv6Addr::from(block)))
+        }
+        _ => Cow::Borrowed(ip),
     }
 }
 
@@ -325,5 +351,45 @@ mod tests {
         let tables = t.lock();
         assert!(tables.emails.0.len() <= 10 && tables.ips.0.len() <= 10);
         assert!(tables.emails.0.contains_key("u999@x.com"), "the newest key is kept");
+    }
+
+    #[test]
+    fn a_flood_of_junk_emails_does_not_free_a_locked_email() {
+        let t = throttle(10);
+        let now = Instant::now();
+        for _ in 0..3 {
+            assert!(t.try_attempt_at("target@x.com", "ip-guesser", now).is_ok());
+        }
+        for i in 0..1000 {
+            let _ = t.try_attempt_at(
+                &format!("junk{i}@x.com"),
+                &format!("ip{i}"),
+                now + Duration::from_millis(i),
+            );
+        }
+        assert!(wait(t.try_attempt_at("target@x.com", "ip-new", now + Duration::from_secs(2))).is_some());
+    }
+
+    #[test]
+    fn ipv6_addresses_are_counted_by_their_64_block() {
+        let t = throttle(100);
+        let now = Instant::now();
+        for i in 0..5 {
+            assert!(t
+                .try_attempt_at(&format!("u{i}@x.com"), &format!("2001:db8:1:2::{i:x}"), now)
+                .is_ok());
+        }
+        assert!(wait(t.try_attempt_at("u9@x.com", "2001:db8:1:2:ffff::1", now)).is_some());
+        assert!(
+            t.try_attempt_at("u9@x.com", "2001:db8:1:3::1", now).is_ok(),
+            "another /64"
+        );
+        for i in 0..5 {
+            assert!(t
+                .try_attempt_at(&format!("v{i}@x.com"), &format!("10.0.0.{i}"), now)
+                .is_ok());
+        }
+        assert_eq!(address_key("::ffff:10.0.0.1"), "::ffff:10.0.0.1");
+        assert_eq!(address_key("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64");
     }
 }
