@@ -375,6 +375,23 @@ fn bad_configuration_stops_start_up_with_one_line_naming_the_key() {
     assert!(stderr.contains("webhook_secrte"), "{stderr}");
 }
 
+/// A first start on a port already in use fails before it creates the database or the admin,
+/// whose password is shown only once.
+#[test]
+fn a_port_in_use_stops_start_up_before_anything_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = crm_command(dir.path())
+        .env("CRM_LISTEN", taken.local_addr().unwrap().to_string())
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen on"));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("password"));
+    assert!(!dir.path().join("crm.db").exists());
+}
+
 /// A mistyped log level would be read as a module name and silence every line, errors included.
 #[test]
 fn a_log_level_that_is_no_level_stops_start_up() {
