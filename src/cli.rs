@@ -73,7 +73,13 @@ pub enum UserCommand {
     /// List staff users.
     List,
     /// Disable a staff user: they can no longer log in and their sessions stop working at once.
+    /// The last active admin cannot be disabled.
     Disable {
+        #[arg(long)]
+        email: String,
+    },
+    /// Enable a disabled staff user again (they log in afresh).
+    Enable {
         #[arg(long)]
         email: String,
     },

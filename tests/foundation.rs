@@ -234,6 +234,7 @@ fn count_in_cold_copy(db: &std::path::Path, sql: &str) -> i64 {
 #[test]
 fn a_cli_command_leaves_its_writes_in_the_database_file_itself() {
     let dir = tempfile::tempdir().unwrap();
+    assert!(crm_command(dir.path()).arg("migrate").status().unwrap().success());
     let out = crm_command(dir.path())
         .args([
             "user",
@@ -307,6 +308,22 @@ fn secrets_generate_prints_four_fresh_hex_secrets() {
 fn staff_users_can_be_added_listed_disabled_and_reset_from_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let crm = |args: &[&str]| crm_command(dir.path()).args(args).output().unwrap();
+    let add_ann = [
+        "user",
+        "add",
+        "--email",
+        "Ann@Broker.example",
+        "--name",
+        "Ann",
+        "--role",
+        "manager",
+    ];
+    // No database yet (a mistyped path, say): refused rather than one created for the user.
+    let out = crm(&add_ann);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("there is no database at"));
+    assert!(!dir.path().join("crm.db").exists());
+    assert!(crm(&["migrate"]).status.success());
     let out = crm(&[
         "user",
         "add",
@@ -359,6 +376,43 @@ fn staff_users_can_be_added_listed_disabled_and_reset_from_the_cli() {
     assert!(!crm(&["user", "disable", "--email", "nobody@broker.example"])
         .status
         .success());
+
+    // The staff API's rules and audit entries: the last active admin stays one; a user already
+    // disabled is left alone; enable brings a user back.
+    let add_admin = [
+        "user",
+        "add",
+        "--email",
+        "boss@broker.example",
+        "--name",
+        "Boss",
+        "--role",
+        "admin",
+    ];
+    assert!(crm(&add_admin).status.success());
+    let last = crm(&["user", "disable", "--email", "boss@broker.example"]);
+    assert!(!last.status.success());
+    assert!(String::from_utf8_lossy(&last.stderr).contains("last active administrator"));
+    let again = crm(&["user", "disable", "--email", "ann@broker.example"]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already disabled"));
+    assert!(crm(&["user", "enable", "--email", "ann@broker.example"])
+        .status
+        .success());
+    let list = String::from_utf8(crm(&["user", "list"]).stdout).unwrap();
+    assert!(!list.contains("disabled"), "{list}");
+    let conn = rusqlite::Connection::open(dir.path().join("crm.db")).unwrap();
+    let updates: Vec<String> = conn
+        .prepare("SELECT details FROM audit_log WHERE action = 'staff.update' AND actor = 'cli' ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(updates.len(), 2, "one disable and one enable: {updates:?}");
+    assert!(
+        updates[0].contains(r#""disabled":{"from":false,"to":true}"#),
+        "{updates:?}"
+    );
 }
 
 #[test]

@@ -8,7 +8,7 @@ use anyhow::Context;
 use crate::cli::UserCommand;
 use crate::domain::{Email, Role};
 use crate::security::{password, random_password};
-use crate::store::audit::{self, Audit};
+use crate::store::audit::{self, actions, Audit};
 use crate::store::{staff, Db};
 
 const ACTOR: &str = "cli";
@@ -32,16 +32,8 @@ pub fn run(db: &Db, cmd: UserCommand) -> anyhow::Result<ExitCode> {
                 println!("{:<40} {:<8} {:<9} {}", u.email, u.role, state, u.name);
             }
         }
-        UserCommand::Disable { email } => {
-            let email = Email::parse(&email)?;
-            db.write_sync(|tx| {
-                let user = staff::by_email(tx, &email)?;
-                staff::set_disabled(tx, &user.id, true)?;
-                audit::append(tx, &Audit::new(ACTOR, "staff.disable", format!("staff:{}", user.email)))?;
-                Ok(())
-            })?;
-            println!("disabled {email}");
-        }
+        UserCommand::Disable { email } => set_disabled(db, &email, true)?,
+        UserCommand::Enable { email } => set_disabled(db, &email, false)?,
         UserCommand::ResetPassword { email, password_stdin } => {
             let email = Email::parse(&email)?;
             let (pw, generated) = choose_password(password_stdin)?;
@@ -51,7 +43,11 @@ pub fn run(db: &Db, cmd: UserCommand) -> anyhow::Result<ExitCode> {
                 staff::set_password_hash(tx, &user.id, &hash)?;
                 audit::append(
                     tx,
-                    &Audit::new(ACTOR, "staff.reset_password", format!("staff:{}", user.email)),
+                    &Audit::new(
+                        ACTOR,
+                        actions::STAFF_RESET_PASSWORD,
+                        audit::target("staff", &user.email),
+                    ),
                 )?;
                 Ok(())
             })?;
@@ -62,6 +58,32 @@ pub fn run(db: &Db, cmd: UserCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Disables or enables a user under the staff API's rules (`staff::change`), audited the same way
+/// (`staff.update`); a user already so is left alone, with nothing written.
+fn set_disabled(db: &Db, email: &str, disabled: bool) -> anyhow::Result<()> {
+    let email = Email::parse(email)?;
+    let word = if disabled { "disabled" } else { "enabled" };
+    let changed = db.write_sync(|tx| {
+        let user = staff::by_email(tx, &email)?;
+        if user.disabled == disabled {
+            return Ok(false);
+        }
+        let entry = Audit::new(ACTOR, actions::STAFF_UPDATE, audit::target("staff", &user.email));
+        let change = staff::Change {
+            disabled: Some(disabled),
+            ..staff::Change::default()
+        };
+        staff::change(tx, &user.id, change, None, entry)?;
+        Ok(true)
+    })?;
+    if changed {
+        println!("{word} {email}");
+    } else {
+        println!("{email} was already {word}");
+    }
+    Ok(())
 }
 
 /// Creates a staff user and audits it in one transaction.
@@ -79,7 +101,8 @@ pub fn create_staff(
         let user = staff::insert(tx, email, name, role, &hash)?;
         audit::append(
             tx,
-            &Audit::new(actor, "staff.create", format!("staff:{}", user.email)).detail("role", role.as_str()),
+            &Audit::new(actor, actions::STAFF_CREATE, audit::target("staff", &user.email))
+                .detail("role", role.as_str()),
         )?;
         Ok(user)
     })?)

@@ -105,6 +105,15 @@ struct StaffChange {
     disabled: Option<bool>,
 }
 
+impl From<&StaffChange> for staff::Change {
+    fn from(c: &StaffChange) -> staff::Change {
+        staff::Change {
+            role: c.role,
+            disabled: c.disabled,
+        }
+    }
+}
+
 /// `PATCH /api/staff/:id` `{role?, disabled?}` → `{"user"}`. Nobody may disable or demote
 /// themselves, and the last active admin stays one (409), so the CRM always has an admin.
 async fn update(state: AppState, session: Session, raw_id: String, body: Body) -> Result<impl Reply, ApiError> {
@@ -137,32 +146,7 @@ fn apply_change(
     req: &StaffChange,
     entry: Audit,
 ) -> Result<StaffUser, StoreError> {
-    let before = staff::get(tx, id)?;
-    let loses_admin = before.role.is_admin()
-        && !before.disabled
-        && (req.disabled == Some(true) || req.role.is_some_and(|r| !r.is_admin()));
-    if loses_admin && before.id == me {
-        return Err(StoreError::Conflict("You cannot disable or demote yourself".into()));
-    }
-    if loses_admin && staff::active_admin_count(tx)? <= 1 {
-        return Err(StoreError::Conflict(
-            "The last active administrator cannot be disabled or demoted".into(),
-        ));
-    }
-    let mut user = before.clone();
-    if let Some(role) = req.role {
-        user = staff::set_role(tx, id, role)?;
-    }
-    if let Some(disabled) = req.disabled {
-        user = staff::set_disabled(tx, id, disabled)?;
-    }
-    let details = json!({
-        "email": user.email,
-        "role": { "from": before.role, "to": user.role },
-        "disabled": { "from": before.disabled, "to": user.disabled },
-    });
-    audit::append(tx, &entry.details(details))?;
-    Ok(user)
+    staff::change(tx, id, req.into(), Some(me), entry)
 }
 
 /// `POST /api/staff/:id/reset-password` → `{"password"}`, shown once. The user's tokens stop

@@ -96,6 +96,51 @@ pub fn set_disabled(conn: &Connection, id: &str, disabled: bool) -> StoreResult<
     get(conn, id)
 }
 
+/// A role change, disabling or (re-)enabling, from the staff API or the `crm user` command.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Change {
+    pub role: Option<Role>,
+    pub disabled: Option<bool>,
+}
+
+/// Applies `change` to the user `id` and audits it (`entry`, with the email and each field's
+/// from and to). Nobody may disable or demote themselves (`me`, for a staff member), and the
+/// last active admin stays one (409), so the CRM always has an admin.
+pub fn change(
+    conn: &Connection,
+    id: &str,
+    change: Change,
+    me: Option<&str>,
+    entry: super::audit::Audit,
+) -> StoreResult<StaffUser> {
+    let before = get(conn, id)?;
+    let loses_admin = before.role.is_admin()
+        && !before.disabled
+        && (change.disabled == Some(true) || change.role.is_some_and(|r| !r.is_admin()));
+    if loses_admin && me == Some(before.id.as_str()) {
+        return Err(StoreError::Conflict("You cannot disable or demote yourself".into()));
+    }
+    if loses_admin && active_admin_count(conn)? <= 1 {
+        return Err(StoreError::Conflict(
+            "The last active administrator cannot be disabled or demoted".into(),
+        ));
+    }
+    let mut user = before.clone();
+    if let Some(role) = change.role {
+        user = set_role(conn, id, role)?;
+    }
+    if let Some(disabled) = change.disabled {
+        user = set_disabled(conn, id, disabled)?;
+    }
+    let details = serde_json::json!({
+        "email": user.email,
+        "role": { "from": before.role, "to": user.role },
+        "disabled": { "from": before.disabled, "to": user.disabled },
+    });
+    super::audit::append(conn, &entry.details(details))?;
+    Ok(user)
+}
+
 /// A new role ends the user's sessions.
 pub fn set_role(conn: &Connection, id: &str, role: Role) -> StoreResult<StaffUser> {
     conn.prepare_cached(
