@@ -351,35 +351,35 @@ fn check_rotation(
             Err(_) => {}
         }
     }
+    const PLATFORM: &str = "once the Trading Platform has switched to the new value, remove it";
+    const STAFF: &str = "staff sessions signed with it end 8 hours after they began: remove it after that";
     let last_use = [
-        ("WEBHOOK_SECRET_PREVIOUS", "SELECT MAX(received_at) FROM webhook_events WHERE signature = 'previous'"),
+        (
+            "WEBHOOK_SECRET_PREVIOUS",
+            "SELECT MAX(received_at) FROM webhook_events WHERE signature = 'previous'",
+            PLATFORM,
+        ),
         (
             "SERVICE_API_TOKEN_PREVIOUS",
             "SELECT MAX(at) FROM audit_log WHERE action LIKE 'service.%' AND json_extract(details, '$.token') = 'previous'",
+            PLATFORM,
         ),
         // Staff reads are not audited, so this is the last recorded change made with such a
         // session; sessions last 8 hours at most in any case.
         (
             "JWT_SECRET_PREVIOUS",
             "SELECT MAX(at) FROM audit_log WHERE json_extract(details, '$.jwt') = 'previous'",
+            STAFF,
         ),
     ];
-    for (name, sql) in last_use {
+    for (name, sql, advice) in last_use {
         if !settings.secrets.contains_key(name) {
             continue;
         }
         let last: Option<String> = conn.query_row(sql, [], |r| r.get(0)).optional()?.flatten();
         match last {
-            Some(at) => report.push(
-                Level::Warn,
-                format!("{name} is set and was last used at {at}"),
-                "once the Trading Platform has switched to the new value, remove it",
-            ),
-            None => report.push(
-                Level::Ok,
-                format!("{name} is set and has not been used"),
-                "it is safe to remove once the platform has switched",
-            ),
+            Some(at) => report.push(Level::Warn, format!("{name} is set and was last used at {at}"), advice),
+            None => report.push(Level::Ok, format!("{name} is set and has not been used"), advice),
         }
     }
     Ok(())
