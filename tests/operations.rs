@@ -581,7 +581,9 @@ fn a_backup_is_taken_before_migrating_an_existing_database() {
     .unwrap();
     drop(conn);
 
-    assert!(crm_command(dir.path()).arg("migrate").status().unwrap().success());
+    let out = crm_command(dir.path()).arg("migrate").output().unwrap();
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("migrated from V2 to V8"), "{}", stdout(&out));
     let backups: Vec<_> = std::fs::read_dir(dir.path().join("backups"))
         .unwrap()
         .flatten()

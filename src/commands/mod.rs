@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use crate::cli::{Cli, Command, SecretsCommand};
 use crate::config::{Overrides, Settings, SECRET_NAMES};
 use crate::ops::verify::Depth;
-use crate::store::{check_existing, Db};
+use crate::store::{check_existing, newest_schema, schema_version, Db};
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut flags = Overrides {
@@ -23,8 +23,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Migrate => {
             let settings = Settings::load(&flags)?;
+            let before = match settings.database.is_file() {
+                true => schema_version(&settings.database)?,
+                false => None,
+            };
             with_db(&settings, |_| Ok(()))?;
-            println!("database {} is up to date", settings.database.display());
+            let (shown, newest) = (settings.database.display(), newest_schema());
+            match before {
+                Some(v) if v < newest => println!("database {shown} migrated from V{v} to V{newest}"),
+                Some(_) => println!("database {shown} is up to date (V{newest})"),
+                None => println!("database {shown} created at V{newest}"),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::User(cmd) => with_existing_db(&Settings::load(&flags)?, |db| user::run(db, cmd)),

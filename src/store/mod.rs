@@ -383,6 +383,27 @@ fn private_file(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// The schema version of the database at `path`, read without changing it: `None` for a file
+/// that holds no CRM schema (empty, or another program's).
+pub fn schema_version(path: &Path) -> anyhow::Result<Option<i32>> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(conn
+        .query_row("SELECT max(version) FROM refinery_schema_history", [], |r| r.get(0))
+        .ok()
+        .flatten())
+}
+
+/// The newest schema this build knows (its last migration).
+pub fn newest_schema() -> i32 {
+    embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| m.version())
+        .max()
+        .unwrap_or(0)
+}
+
 /// Refuses a file that is not a CRM database at this build's schema, without changing it: for
 /// the commands that check, copy or manage an existing database (`verify`, `backup`, `doctor`,
 /// `user`). An empty file (a failed copy) or another program's database must not pass a check
@@ -393,21 +414,10 @@ pub fn check_existing(path: &Path) -> anyhow::Result<()> {
     if !path.is_file() {
         anyhow::bail!("there is no database at {shown} ({hint})");
     }
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .with_context(|| format!("cannot open {shown}"))?;
-    let applied: Option<i32> = conn
-        .query_row("SELECT max(version) FROM refinery_schema_history", [], |r| r.get(0))
-        .ok()
-        .flatten();
-    let Some(applied) = applied else {
+    let Some(applied) = schema_version(path)? else {
         anyhow::bail!("{shown} is not a CRM database (it is empty, or another program's file); {hint}");
     };
-    let newest = embedded::migrations::runner()
-        .get_migrations()
-        .iter()
-        .map(|m| m.version())
-        .max()
-        .unwrap_or(0);
+    let newest = newest_schema();
     if applied < newest {
         anyhow::bail!(
             "{shown} has schema V{applied} and this build has V{newest}: `crm migrate` upgrades it (keeping a copy \
