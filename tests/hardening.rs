@@ -276,4 +276,17 @@ async fn unsigned_webhook_floods_are_limited_per_address_and_signed_ones_still_p
     let retry: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
     assert_eq!(recorded(), 60);
+    // The first refusal of the minute is audited; the other one was not written, and is counted
+    // into the address's next such entry rather than lost.
+    let limited: Vec<(String, String)> = app
+        .sqlite()
+        .prepare("SELECT outcome, details FROM audit_log WHERE action = 'webhook.rate_limited'")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(limited.len(), 1, "{limited:?}");
+    assert_eq!(limited[0].0, "failure");
+    assert!(limited[0].1.contains(r#""limitPerMinute":60"#), "{limited:?}");
 }

@@ -11,7 +11,7 @@ use crate::security::{password, random_password};
 use crate::store::audit::{self, actions, Audit};
 use crate::store::{staff, Db};
 
-const ACTOR: &str = "cli";
+const ACTOR: &str = audit::actors::CLI;
 
 pub fn run(db: &Db, cmd: UserCommand) -> anyhow::Result<ExitCode> {
     match cmd {

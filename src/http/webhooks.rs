@@ -19,6 +19,7 @@ use warp::http::{HeaderMap, StatusCode};
 use warp::Filter;
 
 use super::error::ApiError;
+use super::refusals::{record, with_unrecorded};
 use super::{body, client_ip, ratelimit, with_state, AppState};
 use crate::domain::new_uuid;
 use crate::security::signature;
@@ -82,7 +83,7 @@ async fn receive(
     let body = match body {
         Ok(body) => body,
         Err(e) => {
-            if let Some(refusal) = over_unverified_limit(unverified.as_deref(), &arrival.ip) {
+            if let Some(refusal) = over_unverified_limit(&state, unverified.as_deref(), &arrival.ip).await {
                 return refusal;
             }
             let declared = header(&headers, "content-length").and_then(|v| v.parse().ok());
@@ -97,7 +98,7 @@ async fn receive(
         secrets.webhook_previous.as_ref().map(|s| s.bytes()),
     );
     let Some(secret) = verified else {
-        if let Some(refusal) = over_unverified_limit(unverified.as_deref(), &arrival.ip) {
+        if let Some(refusal) = over_unverified_limit(&state, unverified.as_deref(), &arrival.ip).await {
             return refusal;
         }
         let e = ApiError::Unauthorized("Invalid signature".into());
@@ -114,13 +115,30 @@ async fn receive(
     warp::Reply::into_response(process::deliver(&state.db, delivery).await)
 }
 
-/// A 429 when `ip` has sent too many unverified attempts this minute. Such a refusal is neither
-/// recorded nor audited (that write is what the limit saves); the log line still shows it.
-fn over_unverified_limit(limiter: Option<&ratelimit::Limiter>, ip: &str) -> Option<warp::reply::Response> {
+/// A 429 when `ip` has sent too many unverified attempts this minute. Such a refusal is not kept
+/// in the attempt log (that write is what the limit saves); the first in a minute is audited as
+/// `webhook.rate_limited`, carrying how many before it were not (`unrecordedBefore`), so the
+/// audit log still accounts for every attempt, and each one has its server log line.
+async fn over_unverified_limit(
+    state: &AppState,
+    limiter: Option<&ratelimit::Limiter>,
+    ip: &str,
+) -> Option<warp::reply::Response> {
     match limiter?.check(&format!("ip:{ip}")) {
         ratelimit::Verdict::Allowed => None,
-        ratelimit::Verdict::Limited { retry_after_secs, .. } => {
+        ratelimit::Verdict::Limited {
+            retry_after_secs,
+            notify,
+        } => {
             tracing::warn!(%ip, "unverified webhook attempts over the limit: refused unrecorded");
+            if let Some(unrecorded) = notify {
+                let details = json!({ "retryAfter": retry_after_secs, "limitPerMinute": UNVERIFIED_PER_MINUTE_PER_IP });
+                let entry = Audit::new(actors::ANONYMOUS, actions::WEBHOOK_RATE_LIMITED, "")
+                    .failed()
+                    .ip(ip)
+                    .details(with_unrecorded(details, unrecorded));
+                record(state, entry).await;
+            }
             let message = "Too many unsigned or invalid webhook attempts; retry later".to_string();
             Some(warp::Reply::into_response(ApiError::TooManyRequests {
                 message,

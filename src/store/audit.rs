@@ -27,6 +27,9 @@ pub mod actions {
     pub const WEBHOOK_PREFIX: &str = "webhook.";
     pub const WEBHOOK_UNAUTHORIZED: &str = "webhook.unauthorized";
     pub const WEBHOOK_REPROCESS: &str = "webhook.reprocess";
+    /// Unverified webhook attempts from one address beyond 60 a minute: answered 429 and kept out
+    /// of the attempt log; at most one entry per address and minute, with `unrecordedBefore`.
+    pub const WEBHOOK_RATE_LIMITED: &str = "webhook.rate_limited";
     pub const CLIENT_REGISTER: &str = "client.register";
     pub const CLIENT_UPDATE: &str = "client.update";
     /// Every KYC change, whoever made it; target `client:<id>`, details `{from, to, notes}`.
