@@ -102,7 +102,7 @@ async fn a_body_that_stops_arriving_is_cut_off_with_408() {
 }
 
 /// A client that sends requests and never reads the answers is cut off once the answers stop
-/// moving for the body timeout, so a thousand such sockets cannot hold every connection slot.
+/// moving for four body timeouts, so a thousand such sockets cannot hold every connection slot.
 #[tokio::test]
 async fn a_client_that_stops_reading_its_answers_is_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -114,8 +114,8 @@ async fn a_client_that_stops_reading_its_answers_is_cut_off() {
     let requests = 500;
     let one = b"GET /api/openapi.json HTTP/1.1\r\nHost: test\r\n\r\n";
     stream.write_all(&one.repeat(requests)).await.unwrap();
-    // Read nothing for well over the timeout, then everything until the server ends it.
-    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    // Read nothing for well over the limit (4 s here), then everything until the server ends it.
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
     let mut received = Vec::new();
     let read = tokio::time::timeout(std::time::Duration::from_secs(60), stream.read_to_end(&mut received)).await;
     assert!(read.is_ok(), "the connection stayed open");
@@ -125,6 +125,39 @@ async fn a_client_that_stops_reading_its_answers_is_cut_off() {
         "all {requests} answers were sent to a client that stopped reading"
     );
     assert_eq!(app.get("/healthz").await.0, 200);
+}
+
+/// One address cannot take every connection slot: past 256 open connections its next ones are
+/// closed at once, and it gets slots back as its connections end.
+#[tokio::test]
+async fn one_address_holds_at_most_256_connections() {
+    use tokio::io::AsyncReadExt;
+    let app = spawn_app();
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut held = Vec::new();
+    for _ in 0..256 {
+        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // Accepted, then closed without a word.
+    let mut extra = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), extra.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the 257th connection stayed open: {read:?}"
+    );
+    drop(held);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut status = 0;
+    while status != 200 && std::time::Instant::now() < deadline {
+        status = app
+            .http
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .map_or(0, |r| r.status().as_u16());
+    }
+    assert_eq!(status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

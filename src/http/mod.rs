@@ -117,6 +117,16 @@ pub fn client_ip() -> impl Filter<Extract = (String,), Error = std::convert::Inf
         .map(|client: Option<server::ClientAddr>| client.map(|c| c.0.to_string()).unwrap_or_default())
 }
 
+/// What limits count a client as: its address, or for IPv6 its /64, the block one subscriber
+/// gets (counted per address, one such block is four billion billion addresses). An
+/// IPv4-mapped address counts as its IPv4 form.
+pub fn address_block(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
+
 /// The client behind `peer`. A peer that is not a trusted proxy is the client itself, whatever
 /// `X-Forwarded-For` says: anyone can send that header. A trusted proxy appends the address it
 /// saw to the header, so the header is read from the right, skipping trusted proxies, and the

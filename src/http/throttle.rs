@@ -7,12 +7,11 @@
 //! of those: a flood of junk emails (one failure each) cannot push a locked-out email's window
 //! out and give its guesser five more tries.
 //!
-//! An IPv6 client is counted by its /64, the block one subscriber gets: counted per address, one
-//! such block is four billion billion addresses of twenty guesses each.
+//! An IPv6 client is counted by its /64 ([`super::address_block`]).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -187,13 +186,10 @@ impl LoginThrottle {
     }
 }
 
-/// What an address is counted as: itself, or for IPv6 its /64 (see the module's comment).
+/// What an address is counted as: itself, or for IPv6 its /64.
 fn address_key(ip: &str) -> Cow<'_, str> {
-    match ip.parse::<IpAddr>() {
-        Ok(IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
-            let block = u128::from(v6) & !((1u128 << 64) - 1);
-            Cow::Owned(format!("{}/64", Ipv6Addr::from(block)))
-        }
+    match ip.parse::<IpAddr>().map(super::address_block) {
+        Ok(IpAddr::V6(block)) => Cow::Owned(format!("{block}/64")),
         _ => Cow::Borrowed(ip),
     }
 }
