@@ -408,11 +408,58 @@ fn staff_users_can_be_added_listed_disabled_and_reset_from_the_cli() {
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    assert_eq!(updates.len(), 2, "one disable and one enable: {updates:?}");
+    // A disable, the two refusals (no such user, the last admin), an enable.
+    assert_eq!(updates.len(), 4, "{updates:?}");
     assert!(
         updates[0].contains(r#""disabled":{"from":false,"to":true}"#),
         "{updates:?}"
     );
+    assert!(
+        updates[1].contains("No staff user with email nobody@broker.example"),
+        "{updates:?}"
+    );
+    assert!(updates[2].contains("last active administrator"), "{updates:?}");
+    // The staff API's name rule.
+    let escape = [
+        "user",
+        "add",
+        "--email",
+        "esc@broker.example",
+        "--name",
+        "E\u{1b}[31mvil",
+        "--role",
+        "agent",
+    ];
+    let out = crm(&escape);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("control characters"));
+}
+
+/// `migrate` (and `serve`) leave alone a file that is another program's database, or a newer
+/// build's, rather than add tables to it or fail half-way.
+#[test]
+fn migrate_refuses_another_programs_database_and_a_newer_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let crm = |args: &[&str]| crm_command(dir.path()).args(args).output().unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join("crm.db")).unwrap();
+    conn.execute_batch("CREATE TABLE t (x)").unwrap();
+    drop(conn);
+    let out = crm(&["migrate"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another program's tables"));
+    std::fs::remove_file(dir.path().join("crm.db")).unwrap();
+    assert!(crm(&["migrate"]).status.success());
+    let conn = rusqlite::Connection::open(dir.path().join("crm.db")).unwrap();
+    conn.execute(
+        "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) VALUES (99, 'future', 'now', '0')",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let out = crm(&["migrate"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("newer than this build's"), "{err}");
 }
 
 #[test]

@@ -635,10 +635,19 @@ async fn doctor_checks_the_guides_checklist_one_line_per_item() {
         "ok    SERVICE_API_TOKEN_PREVIOUS is set and has not been used",
         "warn  no backup in",
         "ok    audit log is written",
+        "ok    the database and its backups are readable by their owner only",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
     assert!(out.status.success(), "no FAIL line:\n{text}");
+    // A database from before the CRM made its files private.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(app.db_path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let text = stdout(&crm_command(app.dir.path()).arg("doctor").output().unwrap());
+    assert!(
+        text.contains("warn  readable by other users: ") && text.contains("crm.db (644)"),
+        "{text}"
+    );
     for item in [
         "todo  Secrets shared with the Trading Platform team via a secure channel",
         "todo  Security team review completed",

@@ -524,7 +524,7 @@ async fn bad_idempotency_keys_are_400_and_change_nothing() {
     let admin = app.admin_token().await;
     let c = client(&app, "client@example.com");
     let credit = json!({ "amount": "1", "fundType": "real" });
-    for key in ["", "\"\"", "with space", &"k".repeat(256)] {
+    for key in ["", "\"\"", "with space", "\"unbalanced", "in\"side", &"k".repeat(256)] {
         let (status, body, _) = adjust_once(&app, &admin, &c.account, key, credit.clone()).await;
         assert_eq!(status, 400, "{key:?}: {body}");
         assert!(body["error"].as_str().unwrap().contains("Idempotency-Key"), "{body}");

@@ -393,6 +393,19 @@ async fn registering_again_with_a_client_id_links_it_to_a_client_registered_with
     // Once linked, the clientId is not replaced.
     let other = json!({ "clientId": "TP-OTHER", "email": "late@example.com" });
     assert_eq!(app.event("client.registered", other).await.0, 409);
+    // A clientId another client has: the conflict named as it is.
+    assert_eq!(
+        app.event("client.registered", json!({ "email": "bare@example.com" }))
+            .await
+            .0,
+        200
+    );
+    let taken = json!({ "clientId": "TP-LATE", "email": "bare@example.com" });
+    let (status, body) = app.event("client.registered", taken).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("This clientId is already registered with another email"))
+    );
 }
 
 // ---- deposit.completed --------------------------------------------------------------------

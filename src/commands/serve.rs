@@ -12,11 +12,12 @@ use crate::store::{audit_index, staff, Db};
 
 pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
     init_logging(settings.log_format)?;
-    // Bound first: a port in use stops start-up before anything is created or printed (a first
-    // run's admin password, shown once, would otherwise be lost with the failed start).
-    let listener = std::net::TcpListener::bind(settings.listen)
-        .with_context(|| format!("cannot listen on {}", settings.listen))?;
-    listener.set_nonblocking(true)?;
+    // A port in use stops start-up before anything is created or printed (a first run's admin
+    // password, shown once, would otherwise be lost with the failed start). Only tried here:
+    // held through a long migration, the port would take connections nobody answers, where a
+    // refused one tells the platform at once to retry.
+    let cannot_listen = || format!("cannot listen on {}", settings.listen);
+    drop(std::net::TcpListener::bind(settings.listen).with_context(cannot_listen)?);
     let db = Db::open(&settings.database)?;
     let (secrets, generated) = resolve_secrets(settings)?;
     if !generated.is_empty() {
@@ -38,7 +39,9 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .with_context(cannot_listen)?;
         let addr = listener.local_addr()?;
         let shutdown = shutdown_signal()?;
         tracing::info!(%addr, database = %settings.database.display(), "CRM started");

@@ -9,7 +9,7 @@ use crate::cli::UserCommand;
 use crate::domain::{Email, Role};
 use crate::security::{password, random_password};
 use crate::store::audit::{self, actions, Audit};
-use crate::store::{staff, Db};
+use crate::store::{staff, Db, StoreError};
 
 const ACTOR: &str = audit::actors::CLI;
 
@@ -17,8 +17,7 @@ pub fn run(db: &Db, cmd: UserCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         UserCommand::Add(add) => {
             let email = Email::parse(&add.email)?;
-            let name = add.name.trim().to_string();
-            anyhow::ensure!(!name.is_empty(), "--name must not be empty");
+            let name = staff::valid_name(&add.name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
             let (pw, generated) = choose_password(add.password_stdin)?;
             let user = create_staff(db, &email, &name, add.role, &pw, ACTOR)?;
             println!("created {} user {} ({})", user.role, user.email, user.id);
@@ -77,7 +76,19 @@ fn set_disabled(db: &Db, email: &str, disabled: bool) -> anyhow::Result<()> {
         };
         staff::change(tx, &user.id, change, None, entry)?;
         Ok(true)
-    })?;
+    });
+    // Refused (the last active admin, no such user): audited as the staff API audits it.
+    let changed = match changed {
+        Err(e @ (StoreError::Conflict(_) | StoreError::NotFound(_))) => {
+            let failed = Audit::new(ACTOR, actions::STAFF_UPDATE, audit::target("staff", &email))
+                .failed()
+                .detail("error", e.to_string())
+                .detail("disabled", disabled);
+            db.write_sync(|tx| audit::append(tx, &failed).map(drop))?;
+            return Err(e.into());
+        }
+        other => other?,
+    };
     if changed {
         println!("{word} {email}");
     } else {

@@ -167,8 +167,8 @@ async fn adjust_balance(
     })
 }
 
-/// The `Idempotency-Key` header, when sent: 1 to 255 visible ASCII characters (a UUID is what
-/// the admin page sends). A quoted string, as the IETF draft writes the header, counts without
+/// The `Idempotency-Key` header, when sent: 1 to 255 visible ASCII characters but `"` (a random
+/// hex string is what the admin page sends). A quoted string, as the IETF draft writes the header, counts without
 /// its quotes. Never rejects, so a bad key is refused and audited like the rest of the request.
 fn idempotency_key(
 ) -> impl Filter<Extract = (Result<Option<String>, ApiError>,), Error = std::convert::Infallible> + Clone {
@@ -184,9 +184,10 @@ fn idempotency_key(
         };
         let text = value.to_str().unwrap_or_default();
         let key = text.strip_prefix('"').and_then(|k| k.strip_suffix('"')).unwrap_or(text);
-        if key.is_empty() || key.len() > MAX_KEY_CHARS || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        // A quote left inside (`"abc`) is a key mistyped, not part of it.
+        if key.is_empty() || key.len() > MAX_KEY_CHARS || !key.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
             return Err(ApiError::BadRequest(format!(
-                "Idempotency-Key must be 1 to {MAX_KEY_CHARS} visible ASCII characters, such as a UUID"
+                "Idempotency-Key must be 1 to {MAX_KEY_CHARS} visible ASCII characters other than quotes, such as a UUID"
             )));
         }
         Ok(Some(key.to_string()))

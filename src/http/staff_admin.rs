@@ -15,11 +15,9 @@ use super::refusals::{audited, path_target};
 use super::{with_state, AppState};
 use crate::domain::{Email, Role, StaffId};
 use crate::security::{password, random_password};
-use crate::store::audit::{self, actions, Audit};
-use crate::store::staff::{self, StaffUser};
-use crate::store::{run_blocking, StoreError};
-
-const MAX_NAME_CHARS: usize = 200;
+use crate::store::audit::{self, actions};
+use crate::store::run_blocking;
+use crate::store::staff;
 
 type Session = Result<StaffSession, ApiError>;
 type Body = Result<Bytes, ApiError>;
@@ -67,12 +65,7 @@ async fn create(state: AppState, session: Session, body: Body) -> Result<impl Re
     let session = session?;
     session.require_admin()?;
     let req: NewStaff = parse_json(&body?)?;
-    let name = req.name.trim().to_string();
-    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
-        return Err(ApiError::BadRequest(format!(
-            "name must be 1 to {MAX_NAME_CHARS} characters without control characters"
-        )));
-    }
+    let name = staff::valid_name(&req.name)?;
     let (pw, generated) = match req.password {
         Some(pw) => (pw, false),
         None => (random_password(), true),
@@ -131,22 +124,12 @@ async fn update(state: AppState, session: Session, raw_id: String, body: Body) -
         let entry = entry.clone();
         Ok(state
             .db
-            .write(move |tx| apply_change(tx, &me, &id, &req, entry.clone()))
+            .write(move |tx| staff::change(tx, &id, (&req).into(), Some(&me), entry.clone()))
             .await?)
     }
     .await;
     let user = audited(&state, entry, result).await?;
     Ok(warp::reply::json(&json!({ "user": user })))
-}
-
-fn apply_change(
-    tx: &rusqlite::Connection,
-    me: &str,
-    id: &str,
-    req: &StaffChange,
-    entry: Audit,
-) -> Result<StaffUser, StoreError> {
-    staff::change(tx, id, req.into(), Some(me), entry)
 }
 
 /// `POST /api/staff/:id/reset-password` → `{"password"}`, shown once. The user's tokens stop

@@ -75,6 +75,7 @@ pub fn run(settings: &Settings, db: &Db) -> anyhow::Result<Report> {
     let values = check_secrets(settings, &stored, &mut report);
     check_urls(settings, &mut report);
     check_backups(settings, &mut report);
+    check_file_modes(settings, &mut report);
     db.read_sync(|conn| {
         check_usage(conn, &mut report)?;
         check_rotation(conn, settings, &values, &mut report)?;
@@ -241,6 +242,39 @@ fn check_urls(settings: &Settings, report: &mut Report) {
             format!("listening on {} without TLS", settings.listen),
             "listen on 127.0.0.1 behind a TLS reverse proxy and set public_url",
         ),
+    }
+}
+
+/// The database, its WAL and the backups hold staff password hashes and clients' personal data.
+/// The CRM creates them private; a database from before that (or copied in by hand) may not be.
+fn check_file_modes(settings: &Settings, report: &mut Report) {
+    use std::os::unix::fs::PermissionsExt;
+    let database = &settings.database;
+    let mut files = vec![database.clone()];
+    files.extend(["-wal", "-shm"].map(|suffix| {
+        let mut name = database.as_os_str().to_owned();
+        name.push(suffix);
+        std::path::PathBuf::from(name)
+    }));
+    files.extend(crate::ops::backup::list(&settings.backup_dir));
+    let open: Vec<String> = files
+        .iter()
+        .filter_map(|f| Some((f, std::fs::metadata(f).ok()?.permissions().mode() & 0o777)))
+        .filter(|(_, mode)| mode & 0o077 != 0)
+        .map(|(f, mode)| format!("{} ({mode:o})", f.display()))
+        .collect();
+    if open.is_empty() {
+        report.push(
+            Level::Ok,
+            "the database and its backups are readable by their owner only",
+            "",
+        );
+    } else {
+        report.push(
+            Level::Warn,
+            format!("readable by other users: {}", open.join(", ")),
+            "chmod 600 them (and chmod 700 their folders): they hold password hashes and clients' data",
+        );
     }
 }
 

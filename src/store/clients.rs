@@ -140,7 +140,14 @@ pub fn update_contact(
         now(),
         platform_id
     ])
-    .map_err(|e| unique_conflict(e, "another client already has this email or clientId"))?;
+    .map_err(|e| {
+        let which = if e.to_string().contains("platform_client_id") {
+            "clientId"
+        } else {
+            "email"
+        };
+        unique_conflict(e, &format!("another client already has this {which}"))
+    })?;
     get(conn, id)
 }
 

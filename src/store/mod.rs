@@ -150,6 +150,7 @@ impl Db {
             Connection::open(path).with_context(|| format!("cannot open the database {}", path.display()))?;
         configure(&writer)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
+        refuse_foreign_schema(&writer, path)?;
         backup_before_migrating(&mut writer, path)?;
         embedded::migrations::runner()
             .run(&mut writer)
@@ -340,17 +341,37 @@ pub fn snapshot_into(conn: &Connection, target: &Path) -> anyhow::Result<()> {
         private_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let tmp = target.with_extension("partial");
-    let _ = std::fs::remove_file(&tmp);
     let tmp_text = tmp.to_str().context("the backup path must be valid UTF-8")?;
-    // VACUUM INTO writes into an empty file as it finds it, so the copy is private from its
-    // first byte; a failed one is removed rather than left as a full copy under another name.
-    private_file(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    if let Err(e) = conn.execute("VACUUM INTO ?1", [tmp_text]) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("writing the snapshot to {} failed", tmp.display()));
+    // A leftover from an interrupted run goes first. The copy is then written into a file this
+    // run created empty (VACUUM INTO takes an empty file as it finds it), so it is private from
+    // its first byte: a file someone else put there, which could not be removed, is an error
+    // rather than a place to write the database into (create_new also refuses a symbolic link).
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot remove the leftover {}", tmp.display()));
+        }
+        _ => {}
     }
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, target).with_context(|| format!("cannot move the snapshot to {}", target.display()))?;
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+    }
+    let written = (|| -> anyhow::Result<()> {
+        conn.execute("VACUUM INTO ?1", [tmp_text])
+            .with_context(|| format!("writing the snapshot to {} failed", tmp.display()))?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, target).with_context(|| format!("cannot move the snapshot to {}", target.display()))
+    })();
+    if written.is_err() {
+        // Not left behind as a full copy of the database under another name.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
     // The rename itself is durable only once its folder is synced: before that, a power cut
     // could leave the backup under its temporary name.
     let folder = target
@@ -388,10 +409,13 @@ fn private_file(path: &Path) -> std::io::Result<()> {
 pub fn schema_version(path: &Path) -> anyhow::Result<Option<i32>> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    Ok(conn
-        .query_row("SELECT max(version) FROM refinery_schema_history", [], |r| r.get(0))
-        .ok()
-        .flatten())
+    match schema_of(&conn) {
+        Ok(Schema::Crm(version)) => Ok(Some(version)),
+        Ok(Schema::Empty | Schema::Foreign) => Ok(None),
+        // Some other file altogether: not a CRM database either.
+        Err(e) if e.sqlite_error_code() == Some(ErrorCode::NotADatabase) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
 }
 
 /// The newest schema this build knows (its last migration).
@@ -430,11 +454,53 @@ pub fn check_existing(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Refuses, before anything is written, a database this build must not migrate: another
+/// program's (tables but no CRM schema history) or a newer build's.
+fn refuse_foreign_schema(conn: &Connection, path: &Path) -> anyhow::Result<()> {
+    let newest = newest_schema();
+    match schema_of(conn)? {
+        Schema::Foreign => anyhow::bail!(
+            "{} is not a CRM database (it holds another program's tables); give the CRM a path of its own",
+            path.display()
+        ),
+        Schema::Crm(applied) if applied > newest => anyhow::bail!(
+            "{} has schema V{applied}, newer than this build's V{newest}: use the build that wrote it",
+            path.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// What a database file holds, as far as the CRM can tell.
+enum Schema {
+    Empty,
+    /// Tables, but no CRM schema history.
+    Foreign,
+    /// The CRM's schema at this version.
+    Crm(i32),
+}
+
+fn schema_of(conn: &Connection) -> rusqlite::Result<Schema> {
+    let (tables, history): (i64, i64) = conn.query_row(
+        "SELECT count(*), coalesce(sum(name = 'refinery_schema_history'), 0) FROM sqlite_schema WHERE type = 'table'",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(match (tables, history) {
+        (_, 1..) => Schema::Crm(conn.query_row(
+            "SELECT coalesce(max(version), 0) FROM refinery_schema_history",
+            [],
+            |r| r.get(0),
+        )?),
+        (0, _) => Schema::Empty,
+        _ => Schema::Foreign,
+    })
+}
+
 /// Before a migration changes an existing database, keep a copy of it as it was.
 fn backup_before_migrating(conn: &mut Connection, path: &Path) -> anyhow::Result<()> {
-    let runner = embedded::migrations::runner();
-    let newest = runner.get_migrations().iter().map(|m| m.version()).max().unwrap_or(0);
-    let applied = match runner.get_last_applied_migration(conn) {
+    let newest = newest_schema();
+    let applied = match embedded::migrations::runner().get_last_applied_migration(conn) {
         Ok(Some(m)) => m.version(),
         // A fresh database (no history table yet) has nothing worth keeping.
         _ => return Ok(()),

@@ -96,6 +96,22 @@ pub fn set_disabled(conn: &Connection, id: &str, disabled: bool) -> StoreResult<
     get(conn, id)
 }
 
+/// The longest staff display name, in characters.
+pub const MAX_NAME_CHARS: usize = 200;
+
+/// A staff member's display name, the same rule from the staff API and `crm user add`: trimmed,
+/// 1 to [`MAX_NAME_CHARS`] characters, no control characters (it is printed in terminals and
+/// shown on the admin page).
+pub fn valid_name(name: &str) -> Result<String, crate::domain::Invalid> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+        return Err(crate::domain::Invalid(format!(
+            "name must be 1 to {MAX_NAME_CHARS} characters without control characters"
+        )));
+    }
+    Ok(name.to_string())
+}
+
 /// A role change, disabling or (re-)enabling, from the staff API or the `crm user` command.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Change {

@@ -133,11 +133,16 @@ fn register(tx: &Connection, r: &Registration, ctx: &Ctx) -> StoreResult<String>
                 .platform_client_id
                 .as_ref()
                 .filter(|p| r.platform_id.as_ref().is_some_and(|given| given != *p));
-            if other_platform_id.is_some() || other.is_some_and(|o| o.id != existing.id) {
+            if other_platform_id.is_some() {
                 return Err(StoreError::Conflict(format!(
                     "{} is already registered under another clientId",
                     r.email
                 )));
+            }
+            if other.is_some_and(|o| o.id != existing.id) {
+                return Err(StoreError::Conflict(
+                    "This clientId is already registered with another email".into(),
+                ));
             }
             let link = r
                 .platform_id

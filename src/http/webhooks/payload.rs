@@ -1,7 +1,7 @@
 //! The webhook body `{"event", "data", "timestamp", "id"?}` parsed into typed events. Every
 //! field is validated here, and every error names the field (`data.amount: ...`).
 
-use serde::de::{Error as _, IgnoredAny, MapAccess, Visitor};
+use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -149,11 +149,12 @@ pub struct AccountChange {
 /// The body's top level: `event`, `data`, `timestamp` and the optional `id`. Other keys are
 /// ignored (the platform may add some), except one spelt like these (see [`refuse_near_miss`]).
 struct Envelope {
-    event: String,
-    data: Map<String, Value>,
-    timestamp: Timestamp,
+    event: Option<String>,
+    data: Option<Map<String, Value>>,
+    timestamp: Option<Timestamp>,
     id: Option<Reference>,
-    /// Why a top-level key spelt like a field was refused, reported once the body has parsed.
+    /// Why a top-level key spelt like a field was refused. Reported once the body has parsed,
+    /// before a missing field: `{"Data": ...}` is answered with the field meant.
     near_miss: Option<String>,
 }
 
@@ -191,9 +192,9 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
             }
         }
         Ok(Envelope {
-            event: event.ok_or_else(|| A::Error::missing_field("event"))?,
-            data: data.ok_or_else(|| A::Error::missing_field("data"))?,
-            timestamp: timestamp.ok_or_else(|| A::Error::missing_field("timestamp"))?,
+            event,
+            data,
+            timestamp,
             id,
             near_miss: misspelt,
         })
@@ -234,12 +235,22 @@ fn refuse_near_miss<T: Fields>(data: &Map<String, Value>) -> Result<(), ApiError
 
 /// Parses a signed body. Errors are 400s naming the field.
 pub fn parse(raw: &[u8]) -> Result<Event, ApiError> {
-    let envelope: Envelope = parse_json(raw)?;
-    if let Some(why) = envelope.near_miss {
+    let Envelope {
+        event,
+        data,
+        timestamp,
+        id,
+        near_miss,
+    } = parse_json(raw)?;
+    if let Some(why) = near_miss {
         return Err(ApiError::BadRequest(why));
     }
-    let name = EventName::parse(&envelope.event)?;
-    let data = Value::Object(envelope.data);
+    let missing = |field: &str| ApiError::BadRequest(format!("invalid JSON body: missing field `{field}`"));
+    let event = event.ok_or_else(|| missing("event"))?;
+    let data = data.ok_or_else(|| missing("data"))?;
+    let timestamp = timestamp.ok_or_else(|| missing("timestamp"))?;
+    let name = EventName::parse(&event)?;
+    let data = Value::Object(data);
     let action = match name {
         EventName::ClientRegistered => Action::Register(parse_data::<RegisteredData>(&data)?.into()),
         EventName::DepositCompleted => Action::Deposit(parse_data::<MoneyData>(&data)?.try_into()?),
@@ -249,8 +260,8 @@ pub fn parse(raw: &[u8]) -> Result<Event, ApiError> {
     };
     Ok(Event {
         name,
-        id: envelope.id.map(|r| r.0),
-        timestamp: envelope.timestamp.0,
+        id: id.map(|r| r.0),
+        timestamp: timestamp.0,
         data,
         action,
     })
@@ -504,6 +515,17 @@ mod tests {
         let top = br#"{"event":"kyc.updated","data":{"email":"a@b.co","kycStatus":"approved"},"timestamp":"2025-10-13T19:00:00Z","ID":"e1"}"#;
         let err = parse(top).unwrap_err().to_string();
         assert_eq!(err, "ID: not a field; did you mean id?");
+        // The field meant, rather than "missing field data".
+        let capital = br#"{"event":"kyc.updated","Data":{"email":"a@b.co","kycStatus":"approved"},"timestamp":"2025-10-13T19:00:00Z"}"#;
+        assert_eq!(
+            parse(capital).unwrap_err().to_string(),
+            "Data: not a field; did you mean data?"
+        );
+        let without = br#"{"event":"kyc.updated","timestamp":"2025-10-13T19:00:00Z"}"#;
+        assert_eq!(
+            parse(without).unwrap_err().to_string(),
+            "invalid JSON body: missing field `data`"
+        );
         let other = br#"{"event":"kyc.updated","data":{"email":"a@b.co","kycStatus":"approved"},"timestamp":"2025-10-13T19:00:00Z","source":"tp","id":null}"#;
         assert!(parse(other).is_ok());
     }
