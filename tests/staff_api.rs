@@ -193,6 +193,16 @@ async fn logins_that_are_not_json_are_refused_and_not_counted() {
         assert_eq!(status, 400, "{content_type}: {body}");
         assert_eq!(body["error"], "Content-Type must be application/json");
     }
+    // A body too large is that first, whatever its type.
+    let resp = app
+        .http
+        .post(app.url("/api/auth/login"))
+        .header("content-type", "text/plain")
+        .body("x".repeat(100 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
     let (status, body) = app.login_as(&app.admin_email, &app.admin_password).await;
     assert_eq!(status, 200, "{body}");
 }

@@ -34,7 +34,8 @@ pub fn json(
                 .as_deref()
                 .and_then(|v| v.split(';').next())
                 .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
-            if is_json {
+            // A body refused already (413, 408) keeps its own answer.
+            if is_json || body.is_err() {
                 body
             } else {
                 Err(ApiError::BadRequest("Content-Type must be application/json".into()))

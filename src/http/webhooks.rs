@@ -124,7 +124,11 @@ async fn over_unverified_limit(
     limiter: Option<&ratelimit::Limiter>,
     ip: &str,
 ) -> Option<warp::reply::Response> {
-    match limiter?.check(&format!("ip:{ip}")) {
+    // Counted per address, an IPv6 /64 would be four billion billion allowances.
+    let block = ip
+        .parse()
+        .map_or_else(|_| ip.to_string(), |ip| super::address_block(ip).to_string());
+    match limiter?.check(&format!("ip:{block}")) {
         ratelimit::Verdict::Allowed => None,
         ratelimit::Verdict::Limited {
             retry_after_secs,
