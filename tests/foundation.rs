@@ -308,57 +308,22 @@ fn secrets_generate_prints_four_fresh_hex_secrets() {
 fn staff_users_can_be_added_listed_disabled_and_reset_from_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let crm = |args: &[&str]| crm_command(dir.path()).args(args).output().unwrap();
-    let add_ann = [
-        "user",
-        "add",
-        "--email",
-        "Ann@Broker.example",
-        "--name",
-        "Ann",
-        "--role",
-        "manager",
-    ];
+    let add =
+        |email: &str, name: &str, role: &str| crm(&["user", "add", "--email", email, "--name", name, "--role", role]);
     // No database yet (a mistyped path, say): refused rather than one created for the user.
-    let out = crm(&add_ann);
+    let out = add("Ann@Broker.example", "Ann", "manager");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("there is no database at"));
     assert!(!dir.path().join("crm.db").exists());
     assert!(crm(&["migrate"]).status.success());
-    let out = crm(&[
-        "user",
-        "add",
-        "--email",
-        "Ann@Broker.example",
-        "--name",
-        "Ann",
-        "--role",
-        "manager",
-    ]);
+    let out = add("Ann@Broker.example", "Ann", "manager");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("password (shown once): "), "{stdout}");
 
-    let dup = crm(&[
-        "user",
-        "add",
-        "--email",
-        "ann@broker.example",
-        "--name",
-        "Ann",
-        "--role",
-        "agent",
-    ]);
+    let dup = add("ann@broker.example", "Ann", "agent");
     assert!(!dup.status.success(), "emails are unique case-insensitively");
-    let bad_role = crm(&[
-        "user",
-        "add",
-        "--email",
-        "x@broker.example",
-        "--name",
-        "X",
-        "--role",
-        "root",
-    ]);
+    let bad_role = add("x@broker.example", "X", "root");
     assert!(!bad_role.status.success());
 
     let list = String::from_utf8(crm(&["user", "list"]).stdout).unwrap();
@@ -379,17 +344,7 @@ fn staff_users_can_be_added_listed_disabled_and_reset_from_the_cli() {
 
     // The staff API's rules and audit entries: the last active admin stays one; a user already
     // disabled is left alone; enable brings a user back.
-    let add_admin = [
-        "user",
-        "add",
-        "--email",
-        "boss@broker.example",
-        "--name",
-        "Boss",
-        "--role",
-        "admin",
-    ];
-    assert!(crm(&add_admin).status.success());
+    assert!(add("boss@broker.example", "Boss", "admin").status.success());
     let last = crm(&["user", "disable", "--email", "boss@broker.example"]);
     assert!(!last.status.success());
     assert!(String::from_utf8_lossy(&last.stderr).contains("last active administrator"));
@@ -420,17 +375,7 @@ fn staff_users_can_be_added_listed_disabled_and_reset_from_the_cli() {
     );
     assert!(updates[2].contains("last active administrator"), "{updates:?}");
     // The staff API's name rule.
-    let escape = [
-        "user",
-        "add",
-        "--email",
-        "esc@broker.example",
-        "--name",
-        "E\u{1b}[31mvil",
-        "--role",
-        "agent",
-    ];
-    let out = crm(&escape);
+    let out = add("esc@broker.example", "E\u{1b}[31mvil", "agent");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("control characters"));
 }
