@@ -150,8 +150,8 @@ impl Db {
             Connection::open(path).with_context(|| format!("cannot open the database {}", path.display()))?;
         configure(&writer)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
-        refuse_foreign_schema(&writer, path)?;
-        backup_before_migrating(&mut writer, path)?;
+        let applied = migratable_schema(&writer, path)?;
+        backup_before_migrating(&mut writer, path, applied)?;
         embedded::migrations::runner()
             .run(&mut writer)
             .context("applying database migrations failed")?;
@@ -352,15 +352,7 @@ pub fn snapshot_into(conn: &Connection, target: &Path) -> anyhow::Result<()> {
         }
         _ => {}
     }
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-    }
+    create_private(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let written = (|| -> anyhow::Result<()> {
         conn.execute("VACUUM INTO ?1", [tmp_text])
             .with_context(|| format!("writing the snapshot to {} failed", tmp.display()))?;
@@ -390,15 +382,20 @@ pub fn private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
-/// Creates `path` empty with mode 0600 unless it exists (see [`private_dir`]).
-fn private_file(path: &Path) -> std::io::Result<()> {
+/// Creates `path` empty with mode 0600; an error if it exists (see [`private_dir`]).
+fn create_private(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let created = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path);
-    match created {
+        .open(path)
+        .map(drop)
+}
+
+/// [`create_private`], leaving an existing file as it is.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    match create_private(path) {
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
         _ => Ok(()),
     }
@@ -448,26 +445,32 @@ pub fn check_existing(path: &Path) -> anyhow::Result<()> {
              of it as it was in backups/), or use the build that wrote it"
         );
     }
+    refuse_newer(path, applied)
+}
+
+/// Refuses a database a newer build wrote: its schema is not this build's to read or change.
+fn refuse_newer(path: &Path, applied: i32) -> anyhow::Result<()> {
+    let newest = newest_schema();
     if applied > newest {
-        anyhow::bail!("{shown} has schema V{applied}, newer than this build's V{newest}: use the build that wrote it");
+        anyhow::bail!(
+            "{} has schema V{applied}, newer than this build's V{newest}: use the build that wrote it",
+            path.display()
+        );
     }
     Ok(())
 }
 
-/// Refuses, before anything is written, a database this build must not migrate: another
-/// program's (tables but no CRM schema history) or a newer build's.
-fn refuse_foreign_schema(conn: &Connection, path: &Path) -> anyhow::Result<()> {
-    let newest = newest_schema();
+/// The schema version of the database `Db::open` is about to migrate (`None` for a new one),
+/// refusing, before anything is written, one this build must not migrate: another program's
+/// (tables but no CRM schema history) or a newer build's.
+fn migratable_schema(conn: &Connection, path: &Path) -> anyhow::Result<Option<i32>> {
     match schema_of(conn)? {
         Schema::Foreign => anyhow::bail!(
             "{} is not a CRM database (it holds another program's tables); give the CRM a path of its own",
             path.display()
         ),
-        Schema::Crm(applied) if applied > newest => anyhow::bail!(
-            "{} has schema V{applied}, newer than this build's V{newest}: use the build that wrote it",
-            path.display()
-        ),
-        _ => Ok(()),
+        Schema::Crm(applied) => refuse_newer(path, applied).map(|()| Some(applied)),
+        Schema::Empty => Ok(None),
     }
 }
 
@@ -487,27 +490,25 @@ fn schema_of(conn: &Connection) -> rusqlite::Result<Schema> {
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     Ok(match (tables, history) {
-        (_, 1..) => Schema::Crm(conn.query_row(
-            "SELECT coalesce(max(version), 0) FROM refinery_schema_history",
-            [],
-            |r| r.get(0),
-        )?),
+        // A history with no migration in it (a first migration cut short) is a database not
+        // begun yet.
+        (_, 1..) => conn
+            .query_row("SELECT max(version) FROM refinery_schema_history", [], |r| {
+                r.get::<_, Option<i32>>(0)
+            })?
+            .map_or(Schema::Empty, Schema::Crm),
         (0, _) => Schema::Empty,
         _ => Schema::Foreign,
     })
 }
 
-/// Before a migration changes an existing database, keep a copy of it as it was.
-fn backup_before_migrating(conn: &mut Connection, path: &Path) -> anyhow::Result<()> {
+/// Before a migration changes an existing database (at schema `applied`), keep a copy of it as
+/// it was. A new database (`None`) has nothing worth keeping.
+fn backup_before_migrating(conn: &mut Connection, path: &Path, applied: Option<i32>) -> anyhow::Result<()> {
     let newest = newest_schema();
-    let applied = match embedded::migrations::runner().get_last_applied_migration(conn) {
-        Ok(Some(m)) => m.version(),
-        // A fresh database (no history table yet) has nothing worth keeping.
-        _ => return Ok(()),
-    };
-    if applied >= newest {
+    let Some(applied) = applied.filter(|applied| *applied < newest) else {
         return Ok(());
-    }
+    };
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
     let target = path
         .parent()
