@@ -32,6 +32,15 @@ pub fn free_text(field: &str, s: &str, max: usize) -> Result<String, Invalid> {
     Ok(s.to_string())
 }
 
+/// [`free_text`] that must not be empty once trimmed (a note's comment).
+pub fn required_text(field: &str, s: &str, max: usize) -> Result<String, Invalid> {
+    let text = free_text(field, s, max)?;
+    if text.is_empty() {
+        return Err(Invalid(format!("{field} must not be empty")));
+    }
+    Ok(text)
+}
+
 /// Client text cut before it is echoed in a message or kept in a record: its first `max`
 /// characters, control characters dropped.
 pub fn clip(s: &str, max: usize) -> String {

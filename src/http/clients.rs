@@ -15,7 +15,7 @@ use super::query::{self, Params};
 use super::refusals::{audited, path_target};
 use super::views::AccountView;
 use super::{with_state, AppState};
-use crate::domain::{free_text, ClientId, KycStatus, Leverage, MAX_TEXT_CHARS};
+use crate::domain::{free_text, required_text, ClientId, KycStatus, Leverage, MAX_TEXT_CHARS};
 use crate::store::audit::{self, actions};
 use crate::store::{accounts, clients, notes, StoreError};
 
@@ -144,10 +144,7 @@ async fn add_note(state: AppState, session: Session, raw_id: String, body: Body)
     let session = session?;
     let id = raw_id.parse::<ClientId>()?;
     let req: NewNote = parse_json(&body?)?;
-    let comment = free_text("comment", &req.comment, MAX_TEXT_CHARS)?;
-    if comment.is_empty() {
-        return Err(ApiError::BadRequest("comment must not be empty".into()));
-    }
+    let comment = required_text("comment", &req.comment, MAX_TEXT_CHARS)?;
     let actor = session.actor();
     let entry = session.audit(actions::NOTE_ADD, audit::target("client", id));
     let note = state

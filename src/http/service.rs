@@ -24,7 +24,7 @@ use super::refusals::{record, record_after_refusal, recorded_path, with_unrecord
 use super::views::AccountsView;
 use super::{client_ip, with_state, AppState};
 use crate::config::Secrets;
-use crate::domain::{free_text, Email, KycStatus, MAX_TEXT_CHARS};
+use crate::domain::{free_text, required_text, Email, KycStatus, MAX_TEXT_CHARS};
 use crate::security::secrets_equal;
 use crate::store::audit::{self, actions, actors, Audit};
 use crate::store::{accounts, activity, clients, notes, StoreResult};
@@ -218,11 +218,7 @@ async fn add_note(
 fn parse_note(raw_email: &str, body: Result<Bytes, ApiError>) -> Result<(Email, String), ApiError> {
     let email = path_email(raw_email)?;
     let req: NoteRequest = parse_json(&body?)?;
-    let comment = free_text("comment", &req.comment, MAX_TEXT_CHARS)?;
-    if comment.is_empty() {
-        return Err(ApiError::BadRequest("comment must not be empty".into()));
-    }
-    Ok((email, comment))
+    Ok((email, required_text("comment", &req.comment, MAX_TEXT_CHARS)?))
 }
 
 async fn get_activity(
