@@ -127,6 +127,15 @@ pub fn address_block(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// [`address_block`] as a counting key, from an address as the CRM records it (text):
+/// `2001:db8:1:2::/64` for IPv6; anything else (IPv4, text that is no address) as it is.
+pub fn address_key(ip: &str) -> std::borrow::Cow<'_, str> {
+    match ip.parse::<IpAddr>().map(address_block) {
+        Ok(IpAddr::V6(block)) => std::borrow::Cow::Owned(format!("{block}/64")),
+        _ => std::borrow::Cow::Borrowed(ip),
+    }
+}
+
 /// The client behind `peer`. A peer that is not a trusted proxy is the client itself, whatever
 /// `X-Forwarded-For` says: anyone can send that header. A trusted proxy appends the address it
 /// saw to the header, so the header is read from the right, skipping trusted proxies, and the

@@ -9,9 +9,7 @@
 //!
 //! An IPv6 client is counted by its /64 ([`super::address_block`]).
 
-use std::borrow::Cow;
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -153,7 +151,7 @@ impl LoginThrottle {
     /// but never the address's other failures: someone who alternates guessing others'
     /// passwords with signing in to their own account still reaches the per-address limit.
     pub fn record_success(&self, email: &str, ip: &str, attempt: Attempt) {
-        let ip = address_key(ip);
+        let ip = super::address_key(ip);
         let mut t = self.lock();
         t.emails.0.remove(email);
         if let Some(w) = t.ips.0.get_mut(ip.as_ref()).filter(|w| w.started == attempt.ip_window) {
@@ -163,7 +161,7 @@ impl LoginThrottle {
 
     fn try_attempt_at(&self, email: &str, ip: &str, now: Instant) -> Result<Attempt, Refused> {
         let l = &self.limits;
-        let ip = address_key(ip);
+        let ip = super::address_key(ip);
         let mut t = self.lock();
         let refusals = [
             t.emails.refuse(email, l.per_email, l.window, now),
@@ -183,14 +181,6 @@ impl LoginThrottle {
     fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
         // The tables hold plain counters; a panic elsewhere cannot leave them inconsistent.
         self.tables.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// What an address is counted as: itself, or for IPv6 its /64.
-fn address_key(ip: &str) -> Cow<'_, str> {
-    match ip.parse::<IpAddr>().map(super::address_block) {
-        Ok(IpAddr::V6(block)) => Cow::Owned(format!("{block}/64")),
-        _ => Cow::Borrowed(ip),
     }
 }
 
@@ -385,7 +375,7 @@ mod tests {
                 .try_attempt_at(&format!("v{i}@x.com"), &format!("10.0.0.{i}"), now)
                 .is_ok());
         }
-        assert_eq!(address_key("::ffff:10.0.0.1"), "::ffff:10.0.0.1");
-        assert_eq!(address_key("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64");
+        assert_eq!(crate::http::address_key("::ffff:10.0.0.1"), "::ffff:10.0.0.1");
+        assert_eq!(crate::http::address_key("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64");
     }
 }

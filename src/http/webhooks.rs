@@ -125,10 +125,7 @@ async fn over_unverified_limit(
     ip: &str,
 ) -> Option<warp::reply::Response> {
     // Counted per address, an IPv6 /64 would be four billion billion allowances.
-    let block = ip
-        .parse()
-        .map_or_else(|_| ip.to_string(), |ip| super::address_block(ip).to_string());
-    match limiter?.check(&format!("ip:{block}")) {
+    match limiter?.check(&format!("ip:{}", super::address_key(ip))) {
         ratelimit::Verdict::Allowed => None,
         ratelimit::Verdict::Limited {
             retry_after_secs,
