@@ -8,7 +8,7 @@ use warp::http::{HeaderMap, Method};
 use warp::Filter;
 
 use super::error::ApiError;
-use super::refusals::{record, recorded_path, with_unrecorded};
+use super::refusals::{record, recorded_path, refusals_entry};
 use super::{client_ip, with_state, AppState};
 use crate::domain::Role;
 use crate::security::tokens;
@@ -105,10 +105,14 @@ pub fn staff(
                         "path": recorded_path(path.as_str()),
                         "reason": refused.reason,
                     });
-                    let entry = Audit::new(actors::ANONYMOUS, actions::STAFF_UNAUTHORIZED, refused.target)
-                        .failed()
-                        .ip(ip)
-                        .details(with_unrecorded(details, unrecorded));
+                    let entry = refusals_entry(
+                        actors::ANONYMOUS,
+                        actions::STAFF_UNAUTHORIZED,
+                        refused.target,
+                        ip,
+                        details,
+                        unrecorded,
+                    );
                     record(&state, entry).await;
                 }
                 Err(ApiError::Unauthorized("Authentication required: log in again".into()))

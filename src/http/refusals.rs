@@ -48,13 +48,21 @@ pub async fn record(state: &AppState, entry: Audit) {
     }
 }
 
-/// The details of an entry that stands for refusals of its kind from one caller, with how many
-/// of them since its previous entry were not written (see `ratelimit::Notices`), when any.
-pub fn with_unrecorded(mut details: serde_json::Value, unrecorded: u64) -> serde_json::Value {
+/// The entry that stands for refusals of one kind from one caller: a failure from `ip`, saying
+/// how many of them since its previous entry were not written (`unrecordedBefore`, see
+/// `ratelimit::Notices`), when any.
+pub fn refusals_entry(
+    actor: &str,
+    action: &str,
+    target: impl Into<String>,
+    ip: impl Into<String>,
+    mut details: serde_json::Value,
+    unrecorded: u64,
+) -> Audit {
     if unrecorded > 0 {
         details["unrecordedBefore"] = unrecorded.into();
     }
-    details
+    Audit::new(actor, action, target).failed().ip(ip).details(details)
 }
 
 /// A request's path as an audit entry records it: its first 512 characters, so a refused

@@ -20,7 +20,7 @@ use super::auth::bearer;
 use super::body::{self, parse_json};
 use super::error::{respond, ApiError};
 use super::ratelimit::Verdict;
-use super::refusals::{record, record_after_refusal, recorded_path, with_unrecorded};
+use super::refusals::{record, record_after_refusal, recorded_path, refusals_entry};
 use super::views::AccountsView;
 use super::{client_ip, with_state, AppState};
 use crate::config::Secrets;
@@ -392,10 +392,7 @@ async fn authenticate(
                 };
                 let details =
                     json!({ "method": method.as_str(), "path": path, "token": token, "retryAfter": retry_after_secs });
-                let entry = Audit::new(actor, actions::SERVICE_RATE_LIMITED, "")
-                    .failed()
-                    .ip(ip)
-                    .details(with_unrecorded(details, unrecorded));
+                let entry = refusals_entry(actor, actions::SERVICE_RATE_LIMITED, "", ip, details, unrecorded);
                 record(state, entry).await;
             }
             return Err(ApiError::TooManyRequests {
@@ -418,10 +415,14 @@ async fn authenticate(
     // Bounded per address even with the rate limit off: refused calls are cheap to send.
     if let Some(unrecorded) = state.service_unauthorized_notices.allow(&ip) {
         let details = json!({ "method": method.as_str(), "path": path, "reason": reason });
-        let entry = Audit::new(actors::ANONYMOUS, actions::SERVICE_UNAUTHORIZED, "")
-            .failed()
-            .ip(ip)
-            .details(with_unrecorded(details, unrecorded));
+        let entry = refusals_entry(
+            actors::ANONYMOUS,
+            actions::SERVICE_UNAUTHORIZED,
+            "",
+            ip,
+            details,
+            unrecorded,
+        );
         record(state, entry).await;
     }
     Err(ApiError::Unauthorized(

@@ -19,7 +19,7 @@ use warp::http::{HeaderMap, StatusCode};
 use warp::Filter;
 
 use super::error::ApiError;
-use super::refusals::{record, with_unrecorded};
+use super::refusals::{record, refusals_entry};
 use super::{body, client_ip, ratelimit, with_state, AppState};
 use crate::domain::new_uuid;
 use crate::security::signature;
@@ -134,10 +134,14 @@ async fn over_unverified_limit(
             tracing::warn!(%ip, "unverified webhook attempts over the limit: refused unrecorded");
             if let Some(unrecorded) = notify {
                 let details = json!({ "retryAfter": retry_after_secs, "limitPerMinute": UNVERIFIED_PER_MINUTE_PER_IP });
-                let entry = Audit::new(actors::ANONYMOUS, actions::WEBHOOK_RATE_LIMITED, "")
-                    .failed()
-                    .ip(ip)
-                    .details(with_unrecorded(details, unrecorded));
+                let entry = refusals_entry(
+                    actors::ANONYMOUS,
+                    actions::WEBHOOK_RATE_LIMITED,
+                    "",
+                    ip,
+                    details,
+                    unrecorded,
+                );
                 record(state, entry).await;
             }
             let message = "Too many unsigned or invalid webhook attempts; retry later".to_string();
