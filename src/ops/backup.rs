@@ -52,12 +52,7 @@ fn refuse_database_file(path: &Path, database: &Path) -> anyhow::Result<()> {
     let database = database
         .canonicalize()
         .with_context(|| format!("cannot resolve {}", database.display()))?;
-    let mut files = vec![database.clone()];
-    for suffix in ["-wal", "-shm", "-journal"] {
-        let mut file = database.clone().into_os_string();
-        file.push(suffix);
-        files.push(PathBuf::from(file));
-    }
+    let files = crate::store::database_files(&database);
     // The same name, or the same file under another name (the folder mounted a second time).
     let same_file = |a: &Path, b: &Path| match (std::fs::metadata(a), std::fs::metadata(b)) {
         (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),

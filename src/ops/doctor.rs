@@ -249,13 +249,7 @@ fn check_urls(settings: &Settings, report: &mut Report) {
 /// The CRM creates them private; a database from before that (or copied in by hand) may not be.
 fn check_file_modes(settings: &Settings, report: &mut Report) {
     use std::os::unix::fs::PermissionsExt;
-    let database = &settings.database;
-    let mut files = vec![database.clone()];
-    files.extend(["-wal", "-shm"].map(|suffix| {
-        let mut name = database.as_os_str().to_owned();
-        name.push(suffix);
-        std::path::PathBuf::from(name)
-    }));
+    let mut files = crate::store::database_files(&settings.database).to_vec();
     files.extend(crate::ops::backup::list(&settings.backup_dir));
     let open: Vec<String> = files
         .iter()

@@ -382,6 +382,16 @@ pub fn private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
+/// The database at `path` and the files SQLite keeps beside it (`-wal`, `-shm`, `-journal`).
+pub fn database_files(path: &Path) -> [PathBuf; 4] {
+    let beside = |suffix: &str| {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        PathBuf::from(file)
+    };
+    [path.to_path_buf(), beside("-wal"), beside("-shm"), beside("-journal")]
+}
+
 /// Creates `path` empty with mode 0600; an error if it exists (see [`private_dir`]).
 fn create_private(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
