@@ -184,8 +184,8 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
                 "timestamp" => timestamp = Some(map.next_value()?),
                 "id" => id = map.next_value()?,
                 other => {
-                    if let Some(field) = near_miss(other, ENVELOPE_FIELDS) {
-                        misspelt.get_or_insert(format!("{}: not a field; did you mean {field}?", clip(other, 64)));
+                    if misspelt.is_none() {
+                        misspelt = misspelling("", other, ENVELOPE_FIELDS);
                     }
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -206,11 +206,11 @@ trait Fields {
     const FIELDS: &'static [&'static str];
 }
 
-/// The field `key` is a misspelling of (`transactionID`, `account_id`, `Amount`), if any.
-/// Ignored like other unknown keys, such a key would move money to the primary account or let
-/// a retry with a new timestamp credit twice, so it is refused; keys unlike any field are
-/// ignored, so the platform may add its own.
-fn near_miss(key: &str, fields: &[&'static str]) -> Option<&'static str> {
+/// Why `key` (at `prefix`) is refused, when it is a misspelling of one of `fields`
+/// (`transactionID`, `account_id`, `Amount`). Ignored like other unknown keys, such a key would
+/// move money to the primary account or let a retry with a new timestamp credit twice; keys
+/// unlike any field are ignored, so the platform may add its own.
+fn misspelling(prefix: &str, key: &str, fields: &[&str]) -> Option<String> {
     let fold = |s: &str| -> String {
         s.chars()
             .filter(|c| !matches!(c, '_' | '-' | ' '))
@@ -218,19 +218,20 @@ fn near_miss(key: &str, fields: &[&'static str]) -> Option<&'static str> {
             .collect()
     };
     let folded = fold(key);
-    fields.iter().copied().find(|f| *f != key && fold(f) == folded)
+    let meant = fields.iter().find(|f| **f != key && fold(f) == folded)?;
+    Some(format!("{prefix}{}: not a field; did you mean {meant}?", clip(key, 64)))
 }
 
 fn refuse_near_miss<T: Fields>(data: &Map<String, Value>) -> Result<(), ApiError> {
-    for key in data.keys().filter(|k| !T::FIELDS.contains(&k.as_str())) {
-        if let Some(field) = near_miss(key, T::FIELDS) {
-            return Err(ApiError::BadRequest(format!(
-                "data.{}: not a field; did you mean {field}?",
-                clip(key, 64)
-            )));
-        }
+    // A field's own name (every key, nearly always) is passed over without folding anything.
+    let misspelt = data
+        .keys()
+        .filter(|k| !T::FIELDS.contains(&k.as_str()))
+        .find_map(|key| misspelling("data.", key, T::FIELDS));
+    match misspelt {
+        Some(why) => Err(ApiError::BadRequest(why)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Parses a signed body. Errors are 400s naming the field.
