@@ -108,15 +108,8 @@ pub fn create_staff(
 ) -> anyhow::Result<staff::StaffUser> {
     password::check_strength(pw).map_err(anyhow::Error::msg)?;
     let hash = password::hash(pw)?;
-    Ok(db.write_sync(|tx| {
-        let user = staff::insert(tx, email, name, role, &hash)?;
-        audit::append(
-            tx,
-            &Audit::new(actor, actions::STAFF_CREATE, audit::target("staff", &user.email))
-                .detail("role", role.as_str()),
-        )?;
-        Ok(user)
-    })?)
+    let entry = Audit::new(actor, actions::STAFF_CREATE, audit::target("staff", email));
+    Ok(db.write_sync(|tx| staff::create(tx, email, name, role, &hash, entry))?)
 }
 
 fn choose_password(from_stdin: bool) -> anyhow::Result<(String, bool)> {

@@ -72,16 +72,10 @@ async fn create(state: AppState, session: Session, body: Body) -> Result<impl Re
     };
     password::check_strength(&pw).map_err(ApiError::BadRequest)?;
     let hash = hash_off_thread(pw.clone()).await?;
-    let entry = session
-        .audit(actions::STAFF_CREATE, audit::target("staff", &req.email))
-        .detail("role", req.role.as_str());
+    let entry = session.audit(actions::STAFF_CREATE, audit::target("staff", &req.email));
     let user = state
         .db
-        .write(move |tx| {
-            let user = staff::insert(tx, &req.email, &name, req.role, &hash)?;
-            audit::append(tx, &entry)?;
-            Ok(user)
-        })
+        .write(move |tx| staff::create(tx, &req.email, &name, req.role, &hash, entry.clone()))
         .await?;
     let body = if generated {
         json!({ "user": user, "password": pw })

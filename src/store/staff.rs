@@ -96,6 +96,21 @@ pub fn set_disabled(conn: &Connection, id: &str, disabled: bool) -> StoreResult<
     get(conn, id)
 }
 
+/// Creates a staff user with its audit entry (`entry`, a `staff.create` by whoever asked; the
+/// role is added to it), from the staff API and the `crm user` command alike.
+pub fn create(
+    conn: &Connection,
+    email: &Email,
+    name: &str,
+    role: Role,
+    password_hash: &str,
+    entry: super::audit::Audit,
+) -> StoreResult<StaffUser> {
+    let user = insert(conn, email, name, role, password_hash)?;
+    super::audit::append(conn, &entry.detail("role", role.as_str()))?;
+    Ok(user)
+}
+
 /// The longest staff display name, in characters.
 pub const MAX_NAME_CHARS: usize = 200;
 
