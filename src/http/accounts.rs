@@ -168,8 +168,9 @@ async fn adjust_balance(
 }
 
 /// The `Idempotency-Key` header, when sent: 1 to 255 visible ASCII characters but `"` (a random
-/// hex string is what the admin page sends). A quoted string, as the IETF draft writes the header, counts without
-/// its quotes. Never rejects, so a bad key is refused and audited like the rest of the request.
+/// hex string is what the admin page sends). A quoted string, as the IETF draft writes the
+/// header, counts without its quotes. Never rejects, so a bad key is refused and audited like
+/// the rest of the request.
 fn idempotency_key(
 ) -> impl Filter<Extract = (Result<Option<String>, ApiError>,), Error = std::convert::Infallible> + Clone {
     warp::header::headers_cloned().map(|headers: HeaderMap| {

@@ -53,6 +53,8 @@ pub struct Shared {
     pub metrics: Arc<metrics::Metrics>,
     /// The service API's per-caller limit; `None` when switched off.
     pub service_limiter: Option<Arc<ratelimit::Limiter>>,
+    /// Unverified webhook attempts per address (see `webhooks::UNVERIFIED_PER_MINUTE_PER_IP`).
+    pub webhook_unverified_limiter: Arc<ratelimit::Limiter>,
     /// Failed staff logins per email and per address (see `throttle.rs`).
     pub login_throttle: Arc<throttle::LoginThrottle>,
     /// Audit entries for unauthenticated service calls, per address and minute.
@@ -67,6 +69,8 @@ impl AppState {
         if let Some(limiter) = &service_limiter {
             ratelimit::Limiter::spawn_sweeper(limiter);
         }
+        let webhook_unverified_limiter = ratelimit::Limiter::new(webhooks::UNVERIFIED_PER_MINUTE_PER_IP);
+        ratelimit::Limiter::spawn_sweeper(&webhook_unverified_limiter);
         let notices = || {
             let notices = Arc::new(ratelimit::Notices::per_minute(
                 ratelimit::UNAUTHENTICATED_AUDITS_PER_MINUTE,
@@ -76,6 +80,7 @@ impl AppState {
         };
         AppState(Arc::new(Shared {
             service_limiter,
+            webhook_unverified_limiter,
             service_unauthorized_notices: notices(),
             staff_unauthorized_notices: notices(),
             db,
@@ -99,6 +104,7 @@ impl AppState {
     pub fn flush_refusal_counts(&self) {
         self.service_unauthorized_notices.flush();
         self.staff_unauthorized_notices.flush();
+        self.webhook_unverified_limiter.flush();
         if let Some(limiter) = &self.service_limiter {
             limiter.flush();
         }

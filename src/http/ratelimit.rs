@@ -137,11 +137,15 @@ pub enum Verdict {
 impl Limiter {
     /// `None` when `per_minute` is 0 (no limit).
     pub fn per_minute(per_minute: u32) -> Option<Arc<Limiter>> {
-        let n = NonZeroU32::new(per_minute)?;
-        Some(Arc::new(Limiter {
+        NonZeroU32::new(per_minute).map(Limiter::new)
+    }
+
+    /// `n` calls per minute per key, and one audit entry per key and minute for the refusals.
+    pub fn new(n: NonZeroU32) -> Arc<Limiter> {
+        Arc::new(Limiter {
             calls: RateLimiter::keyed(Quota::per_minute(n)),
             notices: Notices::per_minute(NonZeroU32::MIN),
-        }))
+        })
     }
 
     pub fn check(&self, key: &str) -> Verdict {

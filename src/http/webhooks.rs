@@ -9,7 +9,7 @@ mod fields;
 pub mod payload;
 mod process;
 
-use std::sync::Arc;
+use std::num::NonZeroU32;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -34,24 +34,19 @@ const UNVERIFIED_AUDITS_PER_MINUTE: i64 = 100;
 /// Unverified attempts (bad signature, refused body) accepted per minute per address. Each one
 /// costs a write and a disk sync to record; beyond this an address gets 429 and nothing is
 /// written. Signed deliveries are never limited, so a flood cannot delay the platform's events.
-const UNVERIFIED_PER_MINUTE_PER_IP: u32 = 60;
+pub const UNVERIFIED_PER_MINUTE_PER_IP: NonZeroU32 = NonZeroU32::new(60).unwrap();
 
 pub fn routes(state: AppState) -> BoxedFilter<(warp::reply::Response,)> {
     let limit = state.settings.webhook_max_body_bytes;
-    let unverified = ratelimit::Limiter::per_minute(UNVERIFIED_PER_MINUTE_PER_IP);
-    if let Some(limiter) = &unverified {
-        ratelimit::Limiter::spawn_sweeper(limiter);
-    }
     let receive = warp::path!("api" / "webhooks" / "site")
         .and(warp::post())
         .and(arrival())
         .and(warp::header::headers_cloned())
         .and(body::raw(limit))
         .and(with_state(state.clone()))
-        .and(warp::any().map(move || unverified.clone()))
         .then(
-            |arrival: Arrival, headers: HeaderMap, body: Result<Bytes, ApiError>, state: AppState, limiter| async move {
-                receive(state, limiter, arrival, headers, body).await
+            |arrival: Arrival, headers: HeaderMap, body: Result<Bytes, ApiError>, state: AppState| async move {
+                receive(state, arrival, headers, body).await
             },
         );
     receive.or(admin::routes(state)).unify().boxed()
@@ -75,7 +70,6 @@ fn arrival() -> impl Filter<Extract = (Arrival,), Error = std::convert::Infallib
 
 async fn receive(
     state: AppState,
-    unverified: Option<Arc<ratelimit::Limiter>>,
     arrival: Arrival,
     headers: HeaderMap,
     body: Result<Bytes, ApiError>,
@@ -83,7 +77,7 @@ async fn receive(
     let body = match body {
         Ok(body) => body,
         Err(e) => {
-            if let Some(refusal) = over_unverified_limit(&state, unverified.as_deref(), &arrival.ip).await {
+            if let Some(refusal) = over_unverified_limit(&state, &arrival.ip).await {
                 return refusal;
             }
             let declared = header(&headers, "content-length").and_then(|v| v.parse().ok());
@@ -98,7 +92,7 @@ async fn receive(
         secrets.webhook_previous.as_ref().map(|s| s.bytes()),
     );
     let Some(secret) = verified else {
-        if let Some(refusal) = over_unverified_limit(&state, unverified.as_deref(), &arrival.ip).await {
+        if let Some(refusal) = over_unverified_limit(&state, &arrival.ip).await {
             return refusal;
         }
         let e = ApiError::Unauthorized("Invalid signature".into());
@@ -119,13 +113,12 @@ async fn receive(
 /// in the attempt log (that write is what the limit saves); the first in a minute is audited as
 /// `webhook.rate_limited`, carrying how many before it were not (`unrecordedBefore`), so the
 /// audit log still accounts for every attempt, and each one has its server log line.
-async fn over_unverified_limit(
-    state: &AppState,
-    limiter: Option<&ratelimit::Limiter>,
-    ip: &str,
-) -> Option<warp::reply::Response> {
+async fn over_unverified_limit(state: &AppState, ip: &str) -> Option<warp::reply::Response> {
     // Counted per address, an IPv6 /64 would be four billion billion allowances.
-    match limiter?.check(&format!("ip:{}", super::address_key(ip))) {
+    match state
+        .webhook_unverified_limiter
+        .check(&format!("ip:{}", super::address_key(ip)))
+    {
         ratelimit::Verdict::Allowed => None,
         ratelimit::Verdict::Limited {
             retry_after_secs,
