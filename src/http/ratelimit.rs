@@ -111,15 +111,15 @@ impl Notices {
     /// Removes and returns the counts whose last refusal is at least `age` old.
     fn take_counts_older_than(&self, age: Duration) -> Vec<(String, u64)> {
         let mut unrecorded = self.unrecorded.lock().unwrap_or_else(|p| p.into_inner());
-        let stale: Vec<String> = unrecorded
-            .iter()
-            .filter(|(_, (_, last))| last.elapsed() >= age)
-            .map(|(key, _)| key.clone())
-            .collect();
-        stale
-            .into_iter()
-            .filter_map(|key| unrecorded.remove(&key).map(|(n, _)| (key, n)))
-            .collect()
+        let mut taken = Vec::new();
+        unrecorded.retain(|key, (n, last)| {
+            let stale = last.elapsed() >= age;
+            if stale {
+                taken.push((key.clone(), *n));
+            }
+            !stale
+        });
+        taken
     }
 }
 
