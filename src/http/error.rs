@@ -144,15 +144,26 @@ impl Reply for ApiError {
         if let ApiError::Internal(e) = &self {
             tracing::error!(error = format!("{e:#}"), "request failed");
         }
-        let status = self.status();
-        let mut resp = warp::reply::with_status(warp::reply::json(&self.body()), status).into_response();
-        match &self {
+        self.render()
+    }
+}
+
+impl ApiError {
+    /// The response for this error, without logging it (a rejection holds it by reference).
+    fn render(&self) -> Response {
+        let mut resp = warp::reply::with_status(warp::reply::json(&self.body()), self.status()).into_response();
+        let headers = resp.headers_mut();
+        match self {
             ApiError::TooManyRequests { retry_after_secs, .. } => {
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, (*retry_after_secs).into());
+                headers.insert(header::RETRY_AFTER, (*retry_after_secs).into());
             }
             ApiError::Unavailable => {
-                resp.headers_mut().insert(header::RETRY_AFTER, 1.into());
+                headers.insert(header::RETRY_AFTER, 1.into());
+            }
+            // The refused body was left unread on the connection, so hyper cannot reuse it: say
+            // so, or a keep-alive client sends its next request into a closed socket.
+            ApiError::PayloadTooLarge(_) | ApiError::Timeout => {
+                headers.insert(header::CONNECTION, header::HeaderValue::from_static("close"));
             }
             _ => {}
         }
@@ -173,7 +184,7 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     use warp::reject::*;
     let error = if let Some(e) = rejection.find::<ApiError>() {
         // ApiError is not Clone (it may hold an anyhow chain); rebuild the parts that matter.
-        return Ok(api_error_response(e));
+        return Ok(e.render());
     } else if rejection.is_not_found() {
         ApiError::NotFound("Not found".into())
     } else if rejection.find::<MethodNotAllowed>().is_some() {
@@ -194,15 +205,6 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
         ApiError::BadRequest("Bad request".into())
     };
     Ok(error.into_response())
-}
-
-fn api_error_response(e: &ApiError) -> Response {
-    let mut resp = warp::reply::with_status(warp::reply::json(&e.body()), e.status()).into_response();
-    if let ApiError::TooManyRequests { retry_after_secs, .. } = e {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, (*retry_after_secs).into());
-    }
-    resp
 }
 
 fn status_json(status: StatusCode, message: &str) -> Response {
