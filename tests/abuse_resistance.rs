@@ -126,6 +126,47 @@ async fn behind_a_trusted_proxy_each_forwarded_client_is_audited_and_throttled_o
     );
 }
 
+/// An IPv6 client holds a whole /64 and can send from any address in it: it is one caller for
+/// the service rate limit and for the caps on audit entries for unauthenticated calls, as it is
+/// for the login throttle.
+#[tokio::test]
+async fn addresses_of_one_ipv6_slash_64_count_as_one_caller() {
+    let app = spawn_with(
+        Spawn::default()
+            .env("CRM_TRUSTED_PROXIES", "127.0.0.1")
+            .env("CRM_SERVICE_RATE_LIMIT", "3"),
+    );
+    let address = |i: usize| format!("2001:db8:7:7::{:x}", i + 1);
+    let statuses: Vec<u16> = futures_util::future::join_all((0..4).map(|i| {
+        let (app, ip) = (&app, address(i));
+        async move { unauthorized_service_call(app, &ip).await }
+    }))
+    .await;
+    let mut sorted = statuses.clone();
+    sorted.sort();
+    assert_eq!(sorted, [401, 401, 401, 429], "{statuses:?}");
+    assert_eq!(
+        unauthorized_service_call(&app, "2001:db8:7:8::1").await,
+        401,
+        "the next /64 is another caller"
+    );
+
+    // Staff calls without a valid token: at most ten entries a minute for the /64.
+    for i in 0..15 {
+        let resp = app
+            .http
+            .get(app.url("/api/auth/me"))
+            .header("x-forwarded-for", address(100 + i))
+            .bearer_auth("not.a.token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+    }
+    let entries = audited_ips(&app, "auth.unauthorized").len();
+    assert!((10..=11).contains(&entries), "{entries} entries for one /64");
+}
+
 // ---- the login throttle ---------------------------------------------------------------------
 
 #[tokio::test]

@@ -96,9 +96,9 @@ pub fn staff(
                     Err(Failure::Store(e)) => return Err(e.into()),
                     Err(Failure::Refused(refused)) => refused,
                 };
-                // Counted per address and target, so refusals carried into an entry about one
-                // staff member's genuine token are that member's, not other refusals'.
-                let key = format!("{ip} {}", refused.target);
+                // Counted per address (an IPv6 /64) and target, so refusals carried into an entry
+                // about one staff member's genuine token are that member's, not other refusals'.
+                let key = format!("{} {}", super::address_key(&ip), refused.target);
                 if let Some(unrecorded) = state.staff_unauthorized_notices.allow(&key) {
                     let details = json!({
                         "method": method.as_str(),

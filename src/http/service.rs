@@ -372,10 +372,11 @@ async fn authenticate(
     ip: String,
 ) -> Result<Caller, ApiError> {
     let token = which_token(&state.secrets, header);
-    // A caller is its token; without one, its address, so guessing tokens is limited too.
+    // A caller is its token; without one, its address (an IPv6 /64), so guessing tokens is
+    // limited too.
     let key = match token {
         Some(t) => format!("token:{t}"),
-        None => format!("ip:{ip}"),
+        None => format!("ip:{}", super::address_key(&ip)),
     };
     let path = recorded_path(path);
     if let Some(limiter) = &state.service_limiter {
@@ -412,8 +413,9 @@ async fn authenticate(
         Some(h) if bearer(Some(h)).is_none() => "not a Bearer token",
         Some(_) => "wrong token",
     };
-    // Bounded per address even with the rate limit off: refused calls are cheap to send.
-    if let Some(unrecorded) = state.service_unauthorized_notices.allow(&ip) {
+    // Bounded per address (an IPv6 /64) even with the rate limit off: refused calls are cheap to
+    // send.
+    if let Some(unrecorded) = state.service_unauthorized_notices.allow(&super::address_key(&ip)) {
         let details = json!({ "method": method.as_str(), "path": path, "reason": reason });
         let entry = refusals_entry(
             actors::ANONYMOUS,
