@@ -41,12 +41,12 @@ pub fn routes(state: AppState) -> BoxedFilter<(warp::reply::Response,)> {
         .and(warp::post())
         .and(s())
         .and(idempotency_key())
-        .and(body::raw(body::DEFAULT_LIMIT))
+        .and(body::json(body::DEFAULT_LIMIT))
         .then(|id, st, se, k, b| async move { respond(adjust_balance(st, se, id, k, b).await) });
     let leverage = warp::path!("api" / "accounts" / String / "leverage")
         .and(warp::patch())
         .and(s())
-        .and(body::raw(body::DEFAULT_LIMIT))
+        .and(body::json(body::DEFAULT_LIMIT))
         .then(|id, st, se, b| async move { respond(set_leverage(st, se, id, b).await) });
     get.or(ledger).unify().or(adjust).unify().or(leverage).unify().boxed()
 }

@@ -42,17 +42,17 @@ pub fn routes(state: AppState) -> BoxedFilter<(warp::reply::Response,)> {
     let notes_post = warp::path!("api" / "clients" / String / "notes")
         .and(warp::post())
         .and(s())
-        .and(body::raw(body::DEFAULT_LIMIT))
+        .and(body::json(body::DEFAULT_LIMIT))
         .then(|id, st, se, b| async move { respond(add_note(st, se, id, b).await) });
     let kyc = warp::path!("api" / "clients" / String / "kyc")
         .and(warp::patch())
         .and(s())
-        .and(body::raw(body::DEFAULT_LIMIT))
+        .and(body::json(body::DEFAULT_LIMIT))
         .then(|id, st, se, b| async move { respond(change_kyc(st, se, id, b).await) });
     let sub = warp::path!("api" / "clients" / String / "subaccounts")
         .and(warp::post())
         .and(s())
-        .and(body::raw(body::DEFAULT_LIMIT))
+        .and(body::json(body::DEFAULT_LIMIT))
         .then(|id, st, se, b| async move { respond(open_subaccount(st, se, id, b).await) });
     list.or(detail)
         .unify()

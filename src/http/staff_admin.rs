@@ -31,12 +31,12 @@ pub fn routes(state: AppState) -> BoxedFilter<(warp::reply::Response,)> {
     let create = warp::path!("api" / "staff")
         .and(warp::post())
         .and(s())
-        .and(body::raw(body::DEFAULT_LIMIT))
+        .and(body::json(body::DEFAULT_LIMIT))
         .then(|st, se, b| async move { respond(create(st, se, b).await) });
     let update = warp::path!("api" / "staff" / String)
         .and(warp::patch())
         .and(s())
-        .and(body::raw(body::DEFAULT_LIMIT))
+        .and(body::json(body::DEFAULT_LIMIT))
         .then(|id, st, se, b| async move { respond(update(st, se, id, b).await) });
     let reset = warp::path!("api" / "staff" / String / "reset-password")
         .and(warp::post())

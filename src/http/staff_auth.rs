@@ -38,7 +38,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(warp::reply::Response,)> {
         .and(warp::post())
         .and(with_state(state.clone()))
         .and(auth::staff(state))
-        .and(body::raw(body::DEFAULT_LIMIT))
+        .and(body::json(body::DEFAULT_LIMIT))
         .then(|state, session, body| async move { respond(change_password(state, session, body).await) });
     login.or(me).unify().or(change).unify().boxed()
 }
