@@ -34,8 +34,9 @@ pub fn json(
                 .as_deref()
                 .and_then(|v| v.split(';').next())
                 .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
-            // A body refused already (413, 408) keeps its own answer.
-            if is_json || body.is_err() {
+            // A body refused already (413, 408) keeps its own answer; no body at all (a request
+            // that takes the defaults) has nothing to declare.
+            if is_json || body.as_ref().map_or(true, Bytes::is_empty) {
                 body
             } else {
                 Err(ApiError::BadRequest("Content-Type must be application/json".into()))
