@@ -379,6 +379,16 @@ fn check_secret(name: &str, value: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The guide's placeholders pasted as they are: `<your-generated-webhook-secret>`,
+/// `https://trading.yourcompany.com` (only their shapes: a real secret may hold `<`, a real
+/// address `your-`).
+pub fn is_placeholder(value: &str) -> bool {
+    let lower = value.to_ascii_lowercase();
+    ["<your-", "<same-as-", "://trading.yourcompany.com"]
+        .iter()
+        .any(|shape| lower.contains(shape))
+}
+
 /// Every secret the server needs, resolved.
 #[derive(Debug, Clone)]
 pub struct Secrets {
@@ -393,6 +403,29 @@ pub struct Secrets {
 }
 
 impl Secrets {
+    /// Refuses secrets that would let someone else in: the guide's placeholder text (known to
+    /// everyone who read the guide), or one value used for two purposes. The platform holds
+    /// `SSO_SECRET` and `SERVICE_API_TOKEN`; were either also `JWT_SECRET`, it could sign staff
+    /// sessions. (`crm doctor` reports these too, with the weaker problems.)
+    fn refuse_unsafe(&self) -> anyhow::Result<()> {
+        let named = self.named();
+        let generate = "`crm secrets generate` prints fresh ones";
+        for (name, secret) in &named {
+            if is_placeholder(secret.expose()) {
+                anyhow::bail!("{name} is the guide's placeholder text: set a real secret ({generate})");
+            }
+        }
+        let purpose = |name: &str| name.trim_end_matches("_PREVIOUS").to_string();
+        for (i, (name, secret)) in named.iter().enumerate() {
+            for (other, other_secret) in &named[i + 1..] {
+                if purpose(name) != purpose(other) && secret.expose() == other_secret.expose() {
+                    anyhow::bail!("{name} and {other} are the same value: give each secret its own ({generate})");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Every secret in use, by environment name, for rotation bookkeeping.
     pub fn named(&self) -> Vec<(&'static str, &Secret)> {
         let mut out = vec![
@@ -424,9 +457,6 @@ pub fn resolve_secrets(settings: &Settings) -> anyhow::Result<(Secrets, Vec<&'st
             generated.push(name);
         }
     }
-    if !generated.is_empty() {
-        write_secrets_file(&path, &stored)?;
-    }
     let mut origins = BTreeMap::new();
     let mut pick = |name: &str| -> Option<Secret> {
         if let Some((s, origin)) = settings.secrets.get(name) {
@@ -453,6 +483,10 @@ pub fn resolve_secrets(settings: &Settings) -> anyhow::Result<(Secrets, Vec<&'st
         sso: required(pick("SSO_SECRET"), "SSO_SECRET")?,
         origins,
     };
+    secrets.refuse_unsafe()?;
+    if !generated.is_empty() {
+        write_secrets_file(&path, &stored)?;
+    }
     Ok((secrets, generated))
 }
 

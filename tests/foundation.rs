@@ -438,6 +438,62 @@ fn a_port_in_use_stops_start_up_before_anything_is_created() {
     assert!(!dir.path().join("crm.db").exists());
 }
 
+/// The guide's placeholder text is known to everyone who read the guide, and a secret used for
+/// two purposes lets the platform (which holds `SSO_SECRET` and `SERVICE_API_TOKEN`) sign staff
+/// sessions: either stops start-up before anything is created, naming the keys, not the values.
+#[tokio::test]
+async fn placeholder_or_shared_secrets_stop_start_up_before_anything_is_created() {
+    let shared = random_hex();
+    for (env, expected) in [
+        (
+            vec![("WEBHOOK_SECRET", "<your-generated-webhook-secret>".to_string())],
+            "WEBHOOK_SECRET is the guide's placeholder text",
+        ),
+        (
+            vec![("JWT_SECRET", shared.clone()), ("SSO_SECRET", shared.clone())],
+            "JWT_SECRET and SSO_SECRET are the same value",
+        ),
+        (
+            vec![
+                ("SERVICE_API_TOKEN", shared.clone()),
+                ("JWT_SECRET_PREVIOUS", shared.clone()),
+            ],
+            "SERVICE_API_TOKEN and JWT_SECRET_PREVIOUS are the same value",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = crm_command(dir.path());
+        cmd.env("CRM_LISTEN", "127.0.0.1:0").arg("serve");
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success(), "{expected}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(!stderr.contains(&shared), "the value is not shown: {stderr}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("password"));
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().all(|e| {
+                let name = e.unwrap().file_name();
+                name != "crm.db" && name != "secrets.env"
+            }),
+            "{expected}: nothing created"
+        );
+    }
+    // The same value as a secret's own previous one is only pointless: doctor says so.
+    let secrets = Secrets::generate();
+    let previous = secrets.webhook.clone();
+    let app = spawn_with(
+        Spawn {
+            secrets: Some(secrets),
+            ..Spawn::default()
+        }
+        .env("WEBHOOK_SECRET_PREVIOUS", &previous),
+    );
+    assert_eq!(app.http.get(app.url("/healthz")).send().await.unwrap().status(), 200);
+}
+
 /// A mistyped log level would be read as a module name and silence every line, errors included.
 #[test]
 fn a_log_level_that_is_no_level_stops_start_up() {

@@ -18,8 +18,9 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
     // refused one tells the platform at once to retry.
     let cannot_listen = || format!("cannot listen on {}", settings.listen);
     drop(std::net::TcpListener::bind(settings.listen).with_context(cannot_listen)?);
-    let db = Db::open(&settings.database)?;
+    // Unsafe secrets stop start-up before the database is created, too.
     let (secrets, generated) = resolve_secrets(settings)?;
+    let db = Db::open(&settings.database)?;
     if !generated.is_empty() {
         eprintln!(
             "WARNING: {} not configured: generated and stored in {} (mode 0600).\n\

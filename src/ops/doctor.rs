@@ -6,7 +6,7 @@ use std::fmt;
 
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::config::{read_secrets_file, Settings, ROTATING_NAMES, SECRET_NAMES};
+use crate::config::{is_placeholder, read_secrets_file, Settings, ROTATING_NAMES, SECRET_NAMES};
 use crate::store::{audit, secret_history, Db};
 
 /// The guide: "Rotate tokens every 90 days".
@@ -114,16 +114,6 @@ fn looks_hand_made(value: &str) -> Option<String> {
         return Some("it repeats itself".into());
     }
     None
-}
-
-/// The guide's placeholders pasted as they are: `<your-generated-webhook-secret>`,
-/// `https://trading.yourcompany.com` (only their shapes: a real secret may hold `<`, a real
-/// address `your-`).
-fn is_placeholder(value: &str) -> bool {
-    let lower = value.to_ascii_lowercase();
-    ["<your-", "<same-as-", "://trading.yourcompany.com"]
-        .iter()
-        .any(|shape| lower.contains(shape))
 }
 
 /// Each of the four secrets: configured by the operator, long enough, distinct from the others.
