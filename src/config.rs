@@ -1,5 +1,6 @@
-//! Typed settings. Precedence, lowest first: built-in defaults, `crm.toml`, environment
-//! variables (the guide's names, `*_PREVIOUS`, `CRM_*`), command-line flags.
+//! Typed settings. Precedence, lowest first: built-in defaults, `crm.toml`, a `.env` file in the
+//! working directory, environment variables (the guide's names, `*_PREVIOUS`, `CRM_*`),
+//! command-line flags.
 //!
 //! Secrets are held in [`Secret`], whose `Debug` never shows the value, so no log line or error
 //! can leak one. A secret not configured anywhere is taken from `secrets.env` beside the
@@ -19,6 +20,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATABASE: &str = "./data/crm.db";
 pub const DEFAULT_CONFIG_FILE: &str = "crm.toml";
 pub const SECRETS_FILE: &str = "secrets.env";
+/// Read from the working directory, beneath the environment (see [`Settings::load`]).
+pub const DOTENV_FILE: &str = ".env";
 const MIN_SECRET_LEN: usize = 16;
 
 /// A secret value. Prints as `***`.
@@ -150,7 +153,12 @@ impl Settings {
                 "{name} is not valid UTF-8; give that setting on the command line or in crm.toml instead"
             )));
         }
-        Settings::load_with(flags, &|name| std::env::var(name).ok())
+        // The guide's Step 2 names a `.env` file as a place for the secrets: one in the working
+        // directory fills in what the environment does not set, as dotenv does.
+        let dotenv = read_env_file(Path::new(DOTENV_FILE))?;
+        Settings::load_with(flags, &|name| {
+            std::env::var(name).ok().or_else(|| dotenv.get(name).cloned())
+        })
     }
 
     /// Loads settings with `env` standing in for the environment (tests pass a map).
@@ -449,7 +457,7 @@ impl Secrets {
 /// names that were generated just now, so the caller can warn about them.
 pub fn resolve_secrets(settings: &Settings) -> anyhow::Result<(Secrets, Vec<&'static str>)> {
     let path = settings.secrets_file();
-    let mut stored = read_secrets_file(&path)?;
+    let mut stored = read_env_file(&path)?;
     let mut generated = Vec::new();
     for name in SECRET_NAMES {
         if !settings.secrets.contains_key(name) && !stored.contains_key(name) {
@@ -490,21 +498,34 @@ pub fn resolve_secrets(settings: &Settings) -> anyhow::Result<(Secrets, Vec<&'st
     Ok((secrets, generated))
 }
 
-/// Reads `KEY=VALUE` lines; blank lines and `#` comments are skipped.
-pub fn read_secrets_file(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+/// Reads an env file (`secrets.env`, or a `.env` as the guide's Step 2 suggests): `KEY=VALUE`
+/// lines, optionally `export KEY=VALUE` and quoted values as shells and dotenv write them; blank
+/// lines and `#` comments are skipped. A file that does not exist holds nothing.
+pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+        Err(e) => return Err(err(format!("cannot read {}: {e}", path.display()))),
     };
     Ok(text
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.strip_prefix("export ").unwrap_or(l))
         .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .map(|(k, v)| (k.trim().to_string(), unquote(v.trim()).to_string()))
         .filter(|(_, v)| !v.is_empty())
         .collect())
+}
+
+/// A value as written in an env file: inside matching quotes, or up to a ` #` comment.
+fn unquote(value: &str) -> &str {
+    for quote in ['"', '\''] {
+        if let Some(inner) = value.strip_prefix(quote).and_then(|v| v.strip_suffix(quote)) {
+            return inner;
+        }
+    }
+    value.split_once(" #").map_or(value, |(v, _)| v.trim_end())
 }
 
 fn write_secrets_file(path: &Path, values: &BTreeMap<String, String>) -> anyhow::Result<()> {

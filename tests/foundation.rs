@@ -45,6 +45,64 @@ async fn healthz_answers_with_no_configuration_at_all() {
     assert!(all.contains("admin@crm.local") && all.contains("password: "), "{all}");
 }
 
+/// The guide's Step 2 offers a `.env` file for the secrets: one in the working directory is read,
+/// in the forms people write (comments, `export`, quotes), and the environment still wins.
+#[tokio::test]
+async fn a_dot_env_file_in_the_working_directory_supplies_what_the_environment_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Secrets::generate();
+    let overriding_token = random_hex();
+    std::fs::write(
+        dir.path().join(".env"),
+        format!(
+            "# CRM secrets (guide, Step 2)\n\
+             JWT_SECRET={}\n\
+             export WEBHOOK_SECRET=\"{}\"\n\
+             SERVICE_API_TOKEN='{}'\n\
+             SSO_SECRET={} # from crm secrets generate\n\
+             TRADING_PLATFORM_URL=https://trading.test\n",
+            s.jwt, s.webhook, s.service, s.sso
+        ),
+    )
+    .unwrap();
+    let mut cmd = crm_command(dir.path());
+    cmd.env("SERVICE_API_TOKEN", &overriding_token)
+        .args(["serve", "--listen", "127.0.0.1:0"]);
+    let (mut child, lines) = start(cmd);
+    let base = loop {
+        let line = lines.recv_timeout(std::time::Duration::from_secs(30)).unwrap();
+        if let Some(addr) = line.strip_prefix("listening on ") {
+            break addr.to_string();
+        }
+    };
+    assert!(!dir.path().join("secrets.env").exists(), "nothing was generated");
+    let http = reqwest::Client::new();
+    let body =
+        br#"{"event":"client.registered","data":{"email":"dotenv@example.com"},"timestamp":"2025-10-13T19:00:00Z"}"#;
+    let resp = http
+        .post(format!("{base}/api/webhooks/site"))
+        .header("content-type", "application/json")
+        .header("x-webhook-signature", sign(&s.webhook, body))
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "signed with the quoted, exported WEBHOOK_SECRET");
+    let lookup = |token: String| {
+        http.get(format!("{base}/api/service/clients/dotenv@example.com"))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(
+        lookup(s.service.clone()).await.unwrap().status(),
+        401,
+        "the environment wins"
+    );
+    assert_eq!(lookup(overriding_token).await.unwrap().status(), 200);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 #[tokio::test]
 async fn a_second_start_reuses_secrets_and_admin_and_creates_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -635,7 +635,7 @@ async fn doctor_checks_the_guides_checklist_one_line_per_item() {
         "ok    SERVICE_API_TOKEN_PREVIOUS is set and has not been used",
         "warn  no backup in",
         "ok    audit log is written",
-        "ok    the database and its backups are readable by their owner only",
+        "ok    the database, its backups and the files with secrets are readable by their owner only",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
@@ -643,9 +643,15 @@ async fn doctor_checks_the_guides_checklist_one_line_per_item() {
     // A database from before the CRM made its files private.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(app.db_path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    // And a `.env` written with the default umask.
+    let dotenv = app.dir.path().join(".env");
+    std::fs::write(&dotenv, "TRADING_PLATFORM_URL=https://trading.test\n").unwrap();
+    std::fs::set_permissions(&dotenv, std::fs::Permissions::from_mode(0o644)).unwrap();
     let text = stdout(&crm_command(app.dir.path()).arg("doctor").output().unwrap());
     assert!(
-        text.contains("warn  readable by other users: ") && text.contains("crm.db (644)"),
+        text.contains("warn  readable by other users: ")
+            && text.contains("crm.db (644)")
+            && text.contains(".env (644)"),
         "{text}"
     );
     for item in [

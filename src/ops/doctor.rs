@@ -6,7 +6,7 @@ use std::fmt;
 
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::config::{is_placeholder, read_secrets_file, Settings, ROTATING_NAMES, SECRET_NAMES};
+use crate::config::{is_placeholder, read_env_file, Settings, ROTATING_NAMES, SECRET_NAMES};
 use crate::store::{audit, secret_history, Db};
 
 /// The guide: "Rotate tokens every 90 days".
@@ -71,7 +71,7 @@ impl fmt::Display for Report {
 
 pub fn run(settings: &Settings, db: &Db) -> anyhow::Result<Report> {
     let mut report = Report::default();
-    let stored = read_secrets_file(&settings.secrets_file())?;
+    let stored = read_env_file(&settings.secrets_file())?;
     let values = check_secrets(settings, &stored, &mut report);
     check_urls(settings, &mut report);
     check_backups(settings, &mut report);
@@ -235,12 +235,18 @@ fn check_urls(settings: &Settings, report: &mut Report) {
     }
 }
 
-/// The database, its WAL and the backups hold staff password hashes and clients' personal data.
-/// The CRM creates them private; a database from before that (or copied in by hand) may not be.
+/// The database, its WAL and the backups hold staff password hashes and clients' personal data,
+/// and `secrets.env`, a `.env` and `crm.toml` may hold the secrets. The CRM creates its own files
+/// private; a database from before that (or files made by hand) may not be.
 fn check_file_modes(settings: &Settings, report: &mut Report) {
     use std::os::unix::fs::PermissionsExt;
     let mut files = crate::store::database_files(&settings.database).to_vec();
     files.extend(crate::ops::backup::list(&settings.backup_dir));
+    files.extend([
+        settings.secrets_file(),
+        std::path::PathBuf::from(crate::config::DOTENV_FILE),
+    ]);
+    files.extend(settings.config_file.clone());
     let open: Vec<String> = files
         .iter()
         .filter_map(|f| Some((f, std::fs::metadata(f).ok()?.permissions().mode() & 0o777)))
@@ -250,14 +256,14 @@ fn check_file_modes(settings: &Settings, report: &mut Report) {
     if open.is_empty() {
         report.push(
             Level::Ok,
-            "the database and its backups are readable by their owner only",
+            "the database, its backups and the files with secrets are readable by their owner only",
             "",
         );
     } else {
         report.push(
             Level::Warn,
             format!("readable by other users: {}", open.join(", ")),
-            "chmod 600 them (and chmod 700 their folders): they hold password hashes and clients' data",
+            "chmod 600 them (and chmod 700 their folders): they hold secrets, password hashes and clients' data",
         );
     }
 }
