@@ -103,6 +103,40 @@ async fn a_dot_env_file_in_the_working_directory_supplies_what_the_environment_d
     child.wait().unwrap();
 }
 
+/// Impersonation hands a live SSO token to `TRADING_PLATFORM_URL`: a start with the default (or
+/// any plain-http address) says so.
+#[test]
+fn a_platform_address_that_is_not_https_is_warned_about_at_start_up() {
+    for (url, warned) in [
+        (None, true),
+        (Some("http://trading.test"), true),
+        (Some("https://trading.test"), false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = crm_command(dir.path());
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .stderr(std::process::Stdio::piped());
+        if let Some(url) = url {
+            cmd.env("TRADING_PLATFORM_URL", url);
+        }
+        let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        use std::io::BufRead;
+        assert!(stdout
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.starts_with("listening on")));
+        child.kill().unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let expected = format!(
+            "TRADING_PLATFORM_URL is {} (not https)",
+            url.unwrap_or("http://localhost:3000")
+        );
+        assert_eq!(stderr.contains(&expected), warned, "{url:?}: {stderr}");
+    }
+}
+
 #[tokio::test]
 async fn a_second_start_reuses_secrets_and_admin_and_creates_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -30,6 +30,15 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
             settings.secrets_file().display()
         );
     }
+    if !settings.trading_platform_url.starts_with("https://") {
+        // The default, so a first run works; but each impersonation hands a live SSO token to
+        // this address, in the clear.
+        eprintln!(
+            "WARNING: TRADING_PLATFORM_URL is {} (not https): impersonation sends SSO tokens there \
+             unencrypted. Set it to the trading platform's https:// address.",
+            settings.trading_platform_url
+        );
+    }
     bootstrap_admin(&db)?;
     db.write_sync(|tx| {
         for (name, secret) in secrets.named() {
