@@ -209,6 +209,41 @@ async fn logins_that_are_not_json_are_refused_and_not_counted() {
     assert_eq!(status, 200, "{body}");
 }
 
+/// "Log out" ends the session on the server: a token copied before it is refused afterwards, and
+/// so is the same user's other tab; other staff stay signed in, and logging in again works.
+#[tokio::test]
+async fn logging_out_ends_the_users_sessions_on_the_server() {
+    let app = spawn_app();
+    let admin = app.admin_token().await;
+    let (_, agent) = staff_user(&app, &admin, "leaver@broker.example", "agent").await;
+    let other_tab = login(&app, "leaver@broker.example", PASSWORD).await;
+    let me = |token: String| {
+        let app = &app;
+        async move { app.staff(Method::GET, "/api/auth/me", &token, None).await.0 }
+    };
+    let resp = app
+        .http
+        .post(app.url("/api/auth/logout"))
+        .bearer_auth(&agent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert_eq!(me(agent.clone()).await, 401, "the copied token");
+    assert_eq!(me(other_tab).await, 401, "the other tab");
+    assert_eq!(me(admin.clone()).await, 200, "other staff");
+    let again = login(&app, "leaver@broker.example", PASSWORD).await;
+    assert_eq!(me(again).await, 200);
+    // Without a valid session there is nothing to end.
+    assert_eq!(app.staff(Method::POST, "/api/auth/logout", &agent, None).await.0, 401);
+    let rows = audit_rows(&app, "auth.logout");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (rows[0].0.as_str(), rows[0].1.as_str(), rows[0].2.as_str()),
+        ("staff:leaver@broker.example", "staff:leaver@broker.example", "success")
+    );
+}
+
 #[tokio::test]
 async fn a_password_change_ends_earlier_sessions_and_keeps_the_new_one() {
     let app = spawn_app();

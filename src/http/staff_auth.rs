@@ -37,10 +37,15 @@ pub fn routes(state: AppState) -> BoxedFilter<(warp::reply::Response,)> {
     let change = warp::path!("api" / "auth" / "password")
         .and(warp::post())
         .and(with_state(state.clone()))
-        .and(auth::staff(state))
+        .and(auth::staff(state.clone()))
         .and(body::json(body::DEFAULT_LIMIT))
         .then(|state, session, body| async move { respond(change_password(state, session, body).await) });
-    login.or(me).unify().or(change).unify().boxed()
+    let logout = warp::path!("api" / "auth" / "logout")
+        .and(warp::post())
+        .and(with_state(state.clone()))
+        .and(auth::staff(state))
+        .then(|state, session| async move { respond(logout(state, session).await) });
+    login.or(me).unify().or(change).unify().or(logout).unify().boxed()
 }
 
 /// The user as the login answer and `/me` show it.
@@ -106,6 +111,22 @@ async fn login(state: AppState, ip: String, body: Result<Bytes, ApiError>) -> Re
 fn me(session: Result<StaffSession, ApiError>) -> Result<impl Reply, ApiError> {
     let session = session?;
     Ok(warp::reply::json(&UserView::from(&session.user)))
+}
+
+/// Ends the caller's sessions on the server, so a token copied before "Log out" (from the
+/// browser's storage, a proxy's log) is worth nothing afterwards. 204.
+async fn logout(state: AppState, session: Result<StaffSession, ApiError>) -> Result<impl Reply, ApiError> {
+    let session = session?;
+    let entry = session.audit(actions::LOGOUT, target(&session.user));
+    let id = session.user.id.clone();
+    state
+        .db
+        .write(move |tx| {
+            staff::end_sessions(tx, &id)?;
+            audit::append(tx, &entry)
+        })
+        .await?;
+    Ok(warp::http::StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]

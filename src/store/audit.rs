@@ -43,6 +43,7 @@ pub mod actions {
     pub const IMPERSONATE: &str = "sso.impersonate";
     pub const LOGIN: &str = "auth.login";
     pub const PASSWORD_CHANGE: &str = "auth.change_password";
+    pub const LOGOUT: &str = "auth.logout";
     /// `service.<operation>` for each service API call, e.g. `service.get_client`.
     pub const SERVICE_PREFIX: &str = "service.";
     pub const SERVICE_UNAUTHORIZED: &str = "service.unauthorized";

@@ -195,6 +195,16 @@ pub fn set_password_hash(conn: &Connection, id: &str, hash: &str) -> StoreResult
     get(conn, id)
 }
 
+/// Logging out ends the user's sessions: every one, since a token names no session of its own
+/// (the page signs out of all the user's tabs at once).
+pub fn end_sessions(conn: &Connection, id: &str) -> StoreResult<()> {
+    conn.prepare_cached(
+        "UPDATE staff_users SET session_generation = session_generation + 1, updated_at = ?2 WHERE id = ?1",
+    )?
+    .execute(params![id, now()])?;
+    Ok(())
+}
+
 /// Active admins; the last one cannot be disabled or demoted.
 pub fn active_admin_count(conn: &Connection) -> StoreResult<i64> {
     Ok(conn
