@@ -729,6 +729,28 @@ async fn the_timeline_lists_every_kind_of_activity_newest_first() {
     assert_eq!(status, 200);
     next_millisecond().await;
     seed_sso_session(&app, &seeded.client_id);
+    next_millisecond().await;
+    let admin = app.admin_token().await;
+    let (status, sub) = app
+        .staff(
+            Method::POST,
+            &format!("/api/clients/{}/subaccounts", seeded.client_id),
+            &admin,
+            Some(json!({ "currency": "EUR", "leverage": 50 })),
+        )
+        .await;
+    assert_eq!(status, 201, "{sub}");
+    next_millisecond().await;
+    let leverage = format!("/api/accounts/{}/leverage", seeded.account_id);
+    let (status, _) = app
+        .staff(Method::PATCH, &leverage, &admin, Some(json!({ "leverage": 200 })))
+        .await;
+    assert_eq!(status, 200);
+    // A refused change is in the audit log, not in the client's history.
+    let (status, _) = app
+        .staff(Method::PATCH, &leverage, &admin, Some(json!({ "leverage": 0 })))
+        .await;
+    assert_eq!(status, 400);
     // Someone else's activity never shows.
     let other = seed_client(&db, "other@example.com");
     seed_credit(&db, &other.account_id, FundType::Real, "5");
@@ -741,14 +763,34 @@ async fn the_timeline_lists_every_kind_of_activity_newest_first() {
     assert_eq!(status, 200, "{body}");
     let items = body["activity"].as_array().unwrap();
     let kinds: Vec<&str> = items.iter().map(|i| i["type"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["sso", "kyc", "note", "webhook", "ledger", "webhook"]);
+    assert_eq!(
+        kinds,
+        ["account", "account", "sso", "kyc", "note", "webhook", "ledger", "webhook"]
+    );
     assert_eq!(body["nextCursor"], Value::Null);
     let at: Vec<&str> = items.iter().map(|i| i["at"].as_str().unwrap()).collect();
     assert!(at.windows(2).all(|w| w[0] >= w[1]), "newest first: {at:?}");
 
-    let [sso, kyc, note, deposit_event, ledger, register_event] = &items[..] else {
+    let [leverage, subaccount, sso, kyc, note, deposit_event, ledger, register_event] = &items[..] else {
         unreachable!()
     };
+    assert_eq!(
+        leverage["summary"],
+        format!("Leverage changed from 1:100 to 1:200 by staff:{}", app.admin_email)
+    );
+    assert_eq!(
+        (
+            &leverage["details"]["accountId"],
+            &leverage["details"]["from"],
+            &leverage["details"]["to"]
+        ),
+        (&json!(seeded.account_id), &json!(100), &json!(200))
+    );
+    assert_eq!(
+        subaccount["summary"],
+        format!("Subaccount opened (EUR, leverage 1:50) by staff:{}", app.admin_email)
+    );
+    assert_eq!(subaccount["details"]["accountId"], sub["id"]);
     assert_eq!(sso["details"]["staffEmail"], "admin@crm.local");
     assert_eq!(kyc["details"]["from"], "pending");
     assert_eq!(kyc["details"]["to"], "approved");

@@ -1,5 +1,6 @@
-//! A client's activity timeline: ledger entries, notes, KYC changes, webhook events and SSO
-//! sessions, merged newest first (guide, "Get Client Activity").
+//! A client's activity timeline: ledger entries, notes, KYC changes, account changes (subaccounts
+//! opened, leverage and currency changed), webhook events and SSO sessions, merged newest first
+//! (guide, "Get Client Activity").
 //!
 //! Each source keeps its own table; the timeline is a read-only view over them, paged by a
 //! cursor that names the last item shown, so a page never repeats or skips an item even while
@@ -9,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::audit::target;
+use super::audit::{actions, target};
 use super::{StoreError, StoreResult};
 use crate::domain::{Invalid, Money};
 
@@ -62,16 +63,23 @@ impl Cursor {
     }
 }
 
-const KINDS: [&str; 5] = ["ledger", "note", "kyc", "webhook", "sso"];
+const KINDS: [&str; 6] = ["ledger", "note", "kyc", "account", "webhook", "sso"];
 
 /// Every source as `(type, at, key)`; `key` orders items of one source within one timestamp.
-/// `?1` is the client id, `?2` its audit target. The KYC action is written out, as
-/// [`super::audit::actions::KYC_UPDATE`] says, so that SQLite can use the partial index of those rows.
+/// `?1` is the client id, `?2` its audit target. The audit actions are written out, as
+/// [`super::audit::actions`] says, so that SQLite can use the partial indexes of those rows
+/// (`audit_kyc_by_target`, and `audit_account_changes_by_target` with the same list).
 const MERGED: &str = "
     SELECT 'ledger' AS kind, l.created_at AS at, l.seq AS key
       FROM ledger_entries l JOIN accounts a ON a.id = l.account_id WHERE a.client_id = ?1
     UNION ALL SELECT 'note', created_at, rowid FROM notes WHERE client_id = ?1
     UNION ALL SELECT 'kyc', at, seq FROM audit_log WHERE target = ?2 AND action = 'client.kyc_update'
+    UNION ALL SELECT 'account', at, seq FROM audit_log
+      WHERE target = ?2 AND action IN ('account.open_subaccount', 'account.leverage', 'account.currency')
+        AND outcome = 'success'
+    UNION ALL SELECT 'account', l.at, l.seq FROM accounts a JOIN audit_log l ON l.target = 'account:' || a.id
+      WHERE a.client_id = ?1 AND l.action IN ('account.open_subaccount', 'account.leverage', 'account.currency')
+        AND l.outcome = 'success'
     UNION ALL SELECT 'webhook', received_at, seq FROM webhook_events WHERE client_id = ?1
     UNION ALL SELECT 'sso', issued_at, rowid FROM sso_sessions WHERE client_id = ?1";
 
@@ -114,6 +122,7 @@ fn describe(conn: &Connection, item: &Cursor) -> StoreResult<Activity> {
         "ledger" => ("ledger", ledger(conn, item.key)?),
         "note" => ("note", note(conn, item.key)?),
         "kyc" => ("kyc", kyc(conn, item.key)?),
+        "account" => ("account", account_change(conn, item.key)?),
         "webhook" => ("webhook", webhook(conn, item.key)?),
         _ => ("sso", sso(conn, item.key)?),
     };
@@ -201,6 +210,51 @@ fn kyc(conn: &Connection, seq: i64) -> StoreResult<(String, Value)> {
     Ok((summary, details))
 }
 
+fn account_change(conn: &Connection, seq: i64) -> StoreResult<(String, Value)> {
+    let (action, actor, target, details): (String, String, String, String) = conn
+        .prepare_cached("SELECT action, actor, target, details FROM audit_log WHERE seq = ?1")?
+        .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .optional()?
+        .ok_or_else(vanished)?;
+    let details: Value = serde_json::from_str(&details).unwrap_or_else(|_| json!({}));
+    let field = |k: &str| match details.get(k) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => "?".into(),
+    };
+    if action == actions::SUBACCOUNT_OPEN {
+        let summary = format!(
+            "Subaccount opened ({}, leverage 1:{}) by {actor}",
+            field("currency"),
+            field("leverage")
+        );
+        let details = json!({
+            "accountId": details.get("accountId"), "parentId": details.get("parentId"),
+            "currency": details.get("currency"), "leverage": details.get("leverage"), "actor": actor,
+        });
+        return Ok((summary, details));
+    }
+    let account_id = target.strip_prefix("account:").unwrap_or(&target).to_string();
+    let summary = if action == actions::LEVERAGE_CHANGE {
+        format!(
+            "Leverage changed from 1:{} to 1:{} by {actor}",
+            field("from"),
+            field("to")
+        )
+    } else {
+        format!("Currency changed from {} to {} by {actor}", field("from"), field("to"))
+    };
+    let change = if action == actions::LEVERAGE_CHANGE {
+        "leverage"
+    } else {
+        "currency"
+    };
+    let details = json!({
+        "accountId": account_id, "change": change, "from": details.get("from"), "to": details.get("to"), "actor": actor,
+    });
+    Ok((summary, details))
+}
+
 fn webhook(conn: &Connection, seq: i64) -> StoreResult<(String, Value)> {
     let (id, event, status, http_status, error): (String, String, String, i64, String) = conn
         .prepare_cached("SELECT id, event, status, http_status, error FROM webhook_events WHERE seq = ?1")?
@@ -235,9 +289,20 @@ mod tests {
     /// The timeline's KYC changes come from their partial index, which a query can use only if
     /// it names the action as the index does.
     #[test]
-    fn kyc_changes_are_found_through_their_own_index() {
-        use crate::store::audit::actions;
+    fn kyc_and_account_changes_are_found_through_their_own_indexes() {
         assert!(MERGED.contains(&format!("action = '{}'", actions::KYC_UPDATE)));
+        let listed = format!(
+            "action IN ('{}', '{}', '{}')",
+            actions::SUBACCOUNT_OPEN,
+            actions::LEVERAGE_CHANGE,
+            actions::CURRENCY_CHANGE
+        );
+        assert!(MERGED.contains(&listed));
+        let migration = include_str!("../../migrations/V9__account_changes_index.sql");
+        assert!(
+            migration.contains(&listed.replace("action IN", "WHERE action IN")),
+            "the index lists the same actions"
+        );
         let dir = tempfile::tempdir().unwrap();
         let db = crate::store::Db::open(&dir.path().join("t.db")).unwrap();
         let plan: Vec<String> = db
@@ -248,11 +313,18 @@ mod tests {
                     .collect::<Result<_, _>>()?)
             })
             .unwrap();
-        assert!(
-            plan.iter()
-                .any(|step| step.contains("USING INDEX audit_kyc_by_target (target=?)")),
-            "{plan:?}"
-        );
+        for index in ["audit_kyc_by_target", "audit_account_changes_by_target"] {
+            assert!(
+                plan.iter()
+                    .any(|step| step.contains(&format!("USING INDEX {index} (target=?)"))),
+                "{index}: {plan:?}"
+            );
+        }
+        let through_accounts = plan
+            .iter()
+            .filter(|s| s.contains("audit_account_changes_by_target"))
+            .count();
+        assert_eq!(through_accounts, 2, "both account sources use it: {plan:?}");
     }
 
     #[test]
