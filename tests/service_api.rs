@@ -697,6 +697,67 @@ async fn a_rate_limit_of_zero_switches_the_limit_off() {
     }
 }
 
+/// Emails match in any case, but a client's record shows the address as the platform sent it:
+/// the platform's SSO handler looks up `clientEmail` as it registered it.
+#[tokio::test]
+async fn a_client_email_is_matched_in_any_case_and_shown_as_the_platform_sent_it() {
+    use base64::Engine;
+    let app = spawn_app();
+    let register = json!({ "event": "client.registered", "timestamp": "2025-10-13T19:00:00Z",
+        "data": { "clientId": "MC1", "email": "Mixed.Case@Example.com" } });
+    assert_eq!(app.post_webhook(&register).await.0, 200);
+    // The same address in another case is the same client, and keeps the first spelling.
+    let again = json!({ "event": "client.registered", "timestamp": "2025-10-13T19:00:01Z",
+        "data": { "email": "mixed.case@example.com", "firstName": "Mia" } });
+    assert_eq!(app.post_webhook(&again).await.0, 200);
+    let (status, client) = app
+        .service(Method::GET, "/api/service/clients/MIXED.CASE@example.COM", None)
+        .await;
+    assert_eq!(status, 200, "{client}");
+    assert_eq!(
+        (&client["email"], &client["firstName"]),
+        (&json!("Mixed.Case@Example.com"), &json!("Mia"))
+    );
+    let count: i64 = app
+        .sqlite()
+        .query_row("SELECT COUNT(*) FROM clients", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, 1);
+
+    let admin = app.admin_token().await;
+    let id = client["id"].as_str().unwrap();
+    let (status, sso) = app
+        .staff(Method::POST, &format!("/api/clients/{id}/impersonate"), &admin, None)
+        .await;
+    assert_eq!(status, 200, "{sso}");
+    let payload = sso["ssoToken"].as_str().unwrap().split('.').nth(1).unwrap().to_string();
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["clientEmail"], "Mixed.Case@Example.com");
+    let (_, found) = app.staff(Method::GET, "/api/clients?q=mixed.case", &admin, None).await;
+    assert_eq!(found["clients"][0]["email"], "Mixed.Case@Example.com", "{found}");
+
+    // A new address (even a new spelling of the same one) is shown as sent from then on.
+    let moved = json!({ "event": "account.updated", "timestamp": "2025-10-13T19:00:02Z",
+        "data": { "clientId": "MC1", "email": "MIXED.case@example.com" } });
+    assert_eq!(app.post_webhook(&moved).await.0, 200);
+    let (_, client) = app
+        .service(Method::GET, "/api/service/clients/mixed.case@example.com", None)
+        .await;
+    assert_eq!(client["email"], "MIXED.case@example.com");
+    let moved = json!({ "event": "account.updated", "timestamp": "2025-10-13T19:00:03Z",
+        "data": { "clientId": "MC1", "email": "mia@example.com" } });
+    assert_eq!(app.post_webhook(&moved).await.0, 200);
+    let (_, client) = app
+        .service(Method::GET, "/api/service/clients/mia@example.com", None)
+        .await;
+    assert_eq!(client["email"], "mia@example.com");
+}
+
 // ---- activity ------------------------------------------------------------------------------
 
 #[tokio::test]

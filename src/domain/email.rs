@@ -4,17 +4,23 @@ use serde::{Deserialize, Serialize};
 
 use super::Invalid;
 
-/// An email address, trimmed and lower-cased, so that one address always matches itself
-/// whatever case the Trading Platform or a staff member typed it in.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// An email address. It is matched by its key, trimmed and lower-cased, so that one address
+/// always matches itself whatever case the Trading Platform or a staff member typed it in; and it
+/// remembers the spelling it was sent in (trimmed), which a client's record shows back, so the
+/// platform's SSO handler gets the address it registered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct Email(String);
+pub struct Email {
+    key: String,
+    sent: String,
+}
 
 impl Email {
     pub fn parse(raw: &str) -> Result<Email, Invalid> {
-        let s = raw.trim().to_lowercase();
+        let sent = raw.trim();
+        let s = sent.to_lowercase();
         let bad = || Invalid::new(format!("'{}' is not a valid email address", clip(raw)));
-        if s.is_empty() || s.len() > 254 {
+        if s.is_empty() || s.len() > 254 || sent.len() > 254 {
             return Err(bad());
         }
         if s.chars()
@@ -30,11 +36,40 @@ impl Email {
         if local.is_empty() || local.len() > 64 || local.contains('@') || !domain_ok {
             return Err(bad());
         }
-        Ok(Email(s))
+        Ok(Email {
+            key: s,
+            sent: sent.to_string(),
+        })
     }
 
+    /// The key every lookup and uniqueness check uses (lower case).
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.key
+    }
+
+    /// The address as it was sent (trimmed).
+    pub fn as_sent(&self) -> &str {
+        &self.sent
+    }
+
+    /// The spelling as sent, when it differs from the key; `None` when it is the key itself.
+    pub fn spelling(&self) -> Option<&str> {
+        (self.sent != self.key).then_some(self.sent.as_str())
+    }
+}
+
+/// One address whatever its spelling.
+impl PartialEq for Email {
+    fn eq(&self, other: &Email) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for Email {}
+
+impl std::hash::Hash for Email {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key.hash(state);
     }
 }
 
@@ -56,13 +91,13 @@ impl TryFrom<String> for Email {
 
 impl From<Email> for String {
     fn from(e: Email) -> String {
-        e.0
+        e.key
     }
 }
 
 impl fmt::Display for Email {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.key)
     }
 }
 
@@ -72,11 +107,12 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn emails_are_trimmed_and_lower_cased() {
-        assert_eq!(
-            Email::parse("  John.Doe@Example.COM ").unwrap().as_str(),
-            "john.doe@example.com"
-        );
+    fn emails_are_trimmed_and_lower_cased_and_remember_their_spelling() {
+        let email = Email::parse("  John.Doe@Example.COM ").unwrap();
+        assert_eq!(email.as_str(), "john.doe@example.com");
+        assert_eq!(email.spelling(), Some("John.Doe@Example.COM"));
+        assert_eq!(email, Email::parse("john.doe@example.com").unwrap());
+        assert_eq!(Email::parse(" john.doe@example.com").unwrap().spelling(), None);
     }
 
     #[test]

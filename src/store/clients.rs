@@ -25,7 +25,8 @@ pub struct Client {
 /// of every row would scan the statement's column names, on the writer's path of every lookup.
 macro_rules! client_columns {
     () => {
-        "id, platform_client_id, email, first_name, last_name, phone, kyc_status, kyc_notes, created_at, updated_at"
+        "id, platform_client_id, coalesce(email_as_sent, email), first_name, last_name, phone, kyc_status, kyc_notes,
+         created_at, updated_at"
     };
 }
 
@@ -63,13 +64,15 @@ pub fn insert(conn: &Connection, email: &Email, platform_id: Option<&str>, conta
     let id = ClientId::new().to_string();
     let at = now();
     conn.prepare_cached(
-        "INSERT INTO clients (id, platform_client_id, email, first_name, last_name, phone, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+        "INSERT INTO clients (id, platform_client_id, email, email_as_sent, first_name, last_name, phone, created_at,
+                              updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
     )?
     .execute(params![
         id,
         platform_id,
         email.as_str(),
+        email.spelling(),
         contact.first_name.as_deref().unwrap_or(""),
         contact.last_name.as_deref().unwrap_or(""),
         contact.phone.as_deref().unwrap_or(""),
@@ -128,7 +131,8 @@ pub fn update_contact(
     conn.prepare_cached(
         "UPDATE clients SET email = COALESCE(?2, email), first_name = COALESCE(?3, first_name),
                 last_name = COALESCE(?4, last_name), phone = COALESCE(?5, phone), updated_at = ?6,
-                platform_client_id = COALESCE(platform_client_id, ?7)
+                platform_client_id = COALESCE(platform_client_id, ?7),
+                email_as_sent = CASE WHEN ?2 IS NULL THEN email_as_sent ELSE ?8 END
          WHERE id = ?1",
     )?
     .execute(params![
@@ -138,7 +142,8 @@ pub fn update_contact(
         contact.last_name,
         contact.phone,
         now(),
-        platform_id
+        platform_id,
+        email.and_then(Email::spelling)
     ])
     .map_err(|e| {
         let which = if e.to_string().contains("platform_client_id") {

@@ -255,7 +255,7 @@ fn update_contact(
             changes.insert(field.into(), json!({ "from": from, "to": to }));
         }
     };
-    note("email", &client.email, email.map(|e| e.as_str()));
+    note("email", &client.email, email.map(crate::domain::Email::as_sent));
     note("firstName", &client.first_name, contact.first_name.as_deref());
     note("lastName", &client.last_name, contact.last_name.as_deref());
     note("phone", &client.phone, contact.phone.as_deref());
