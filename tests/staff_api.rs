@@ -17,6 +17,35 @@ async fn adjust(app: &TestApp, token: &str, account: &str, body: Value) -> (u16,
     app.staff(Method::POST, &adjust_path(account), token, Some(body)).await
 }
 
+/// A staff POST's answer as text, for checks on its key order (a `Value` sorts its keys).
+async fn post_text(app: &TestApp, token: &str, path: &str, body: Option<Value>) -> String {
+    let mut req = app.http.post(app.url(path)).bearer_auth(token);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    req.send().await.unwrap().text().await.unwrap()
+}
+
+/// The keys of a JSON object's text, in the order written.
+fn keys_in_order(text: &str) -> Vec<String> {
+    struct Keys;
+    impl<'de> serde::de::Visitor<'de> for Keys {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Vec<String>, A::Error> {
+            let mut keys = Vec::new();
+            while let Some((key, _)) = map.next_entry::<String, serde::de::IgnoredAny>()? {
+                keys.push(key);
+            }
+            Ok(keys)
+        }
+    }
+    use serde::Deserializer;
+    serde_json::Deserializer::from_str(text).deserialize_map(Keys).unwrap()
+}
+
 async fn post_raw(app: &TestApp, token: &str, path: &str, raw: &str) -> (u16, Value) {
     let resp = app
         .http
@@ -310,12 +339,12 @@ async fn the_guides_adjustment_examples_give_the_guides_balances() {
         json!({ "amount": "500.00", "fundType": "demo", "notes": "Demo account setup for new trader training" }),
         json!({ "amount": "-50.00", "fundType": "real", "notes": "Fee deduction" }),
     ];
-    let mut last = Value::Null;
+    let mut text = String::new();
     for body in steps {
-        let (status, resp) = adjust(&app, &admin, &c.account, body).await;
-        assert_eq!(status, 200, "{resp}");
-        last = resp;
+        text = post_text(&app, &admin, &adjust_path(&c.account), Some(body)).await;
     }
+    let last: Value = serde_json::from_str(&text).unwrap();
+    assert!(last["error"].is_null(), "{last}");
     let expected = [
         ("id", json!(c.account)),
         ("clientId", json!(c.id)),
@@ -333,26 +362,25 @@ async fn the_guides_adjustment_examples_give_the_guides_balances() {
     for (key, value) in expected {
         assert_eq!(last[key], value, "{key} in {last}");
     }
-    let mut keys: Vec<_> = last.as_object().unwrap().keys().cloned().collect();
-    keys.sort();
     assert_eq!(
-        keys,
+        keys_in_order(&text),
         [
-            "balance",
-            "bonusBalance",
-            "clientId",
-            "createdAt",
-            "currency",
-            "demoBalance",
-            "equity",
             "id",
+            "realBalance",
+            "demoBalance",
+            "bonusBalance",
+            "balance",
             "leverage",
+            "currency",
+            "equity",
             "margin",
             "marginLevel",
+            "clientId",
             "parentId",
-            "realBalance",
+            "createdAt",
             "updatedAt"
-        ]
+        ],
+        "the guide's fields in its order, then ours"
     );
 
     // The ledger explains every change, newest first, with the notes and the staff member.
@@ -789,18 +817,13 @@ async fn impersonation_gives_the_guides_sso_token_and_url() {
     let app = spawn_app();
     let admin = app.admin_token().await;
     let c = client(&app, "client@example.com");
-    let (status, body) = app
-        .staff(
-            Method::POST,
-            &format!("/api/clients/{}/impersonate", c.id),
-            &admin,
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let mut keys: Vec<_> = body.as_object().unwrap().keys().cloned().collect();
-    keys.sort();
-    assert_eq!(keys, ["expiresIn", "ssoToken", "ssoUrl"]);
+    let text = post_text(&app, &admin, &format!("/api/clients/{}/impersonate", c.id), None).await;
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        keys_in_order(&text),
+        ["ssoToken", "ssoUrl", "expiresIn"],
+        "the guide's order"
+    );
     assert_eq!(body["expiresIn"], 900);
     let token = body["ssoToken"].as_str().unwrap();
     assert_eq!(

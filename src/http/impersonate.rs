@@ -3,7 +3,6 @@
 //! `{clientEmail, impersonatedBy, iat, exp}`. The session row and the audit entry are written in
 //! the same transaction; the token itself is never stored or logged.
 
-use serde_json::json;
 use warp::filters::BoxedFilter;
 use warp::{Filter, Reply};
 
@@ -45,9 +44,20 @@ async fn impersonate(
     let (token, claims) = audited(&state, entry, result).await?;
     let base = state.settings.trading_platform_url.trim_end_matches('/');
     let url = format!("{base}/sso/impersonate?token={token}");
-    Ok(warp::reply::json(
-        &json!({ "ssoToken": token, "ssoUrl": url, "expiresIn": claims.exp - claims.iat }),
-    ))
+    Ok(warp::reply::json(&SsoReply {
+        sso_token: token,
+        sso_url: url,
+        expires_in: claims.exp - claims.iat,
+    }))
+}
+
+/// The guide's answer, in its order (a `json!` map would sort the keys).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SsoReply {
+    sso_token: String,
+    sso_url: String,
+    expires_in: i64,
 }
 
 /// Issues the token for the client's email and records the session, in one transaction.

@@ -11,9 +11,8 @@ use crate::store::accounts::Account;
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AccountView {
+    // In the guide's order, for a client that compares the text.
     pub id: String,
-    pub client_id: String,
-    pub parent_id: Option<String>,
     pub real_balance: Money,
     pub demo_balance: Money,
     pub bonus_balance: Money,
@@ -23,6 +22,8 @@ pub struct AccountView {
     pub equity: Money,
     pub margin: Money,
     pub margin_level: Money,
+    pub client_id: String,
+    pub parent_id: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
