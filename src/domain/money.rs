@@ -19,15 +19,18 @@ const DECIMALS: usize = 8;
 /// enough that three balances added together still fit in an i64 of hundred-millionths.
 const MAX_UNITS: i64 = 10_000_000_000;
 const MAX_ATOMS: i64 = MAX_UNITS * SCALE;
+const OUT_OF_RANGE: &str = "the supported range is -10,000,000,000 to 10,000,000,000";
 
 impl Money {
     pub const ZERO: Money = Money(0);
 
     pub fn parse(raw: &str) -> Result<Money, Invalid> {
         let bad = |why: &str| Invalid::new(format!("'{}' is not a valid amount: {why}", super::clip(raw, 40)));
-        let (negative, digits) = match raw.strip_prefix('-') {
-            Some(rest) => (true, rest),
-            None => (false, raw),
+        // "+5.00" reads as the guide's "positive = credit"; a sign is taken once.
+        let (negative, digits) = match (raw.strip_prefix('-'), raw.strip_prefix('+')) {
+            (Some(rest), _) => (true, rest),
+            (None, Some(rest)) => (false, rest),
+            (None, None) => (false, raw),
         };
         let (whole, frac) = match digits.split_once('.') {
             Some((w, f)) => (w, Some(f)),
@@ -43,7 +46,7 @@ impl Money {
         }
         let whole = whole.trim_start_matches('0');
         if whole.len() > 11 {
-            return Err(bad("the amount is out of the supported range"));
+            return Err(bad(OUT_OF_RANGE));
         }
         let whole: i64 = if whole.is_empty() {
             0
@@ -56,7 +59,7 @@ impl Money {
             .checked_mul(SCALE)
             .and_then(|w| w.checked_add(frac_atoms))
             .filter(|a| *a <= MAX_ATOMS)
-            .ok_or_else(|| bad("the amount is out of the supported range"))?;
+            .ok_or_else(|| bad(OUT_OF_RANGE))?;
         Ok(Money(if negative { -atoms } else { atoms }))
     }
 
@@ -181,7 +184,10 @@ mod tests {
             ("0.123456789", "nine decimals"),
             ("1.", "dangling point"),
             (".5", "no whole part"),
-            ("+5", "explicit plus"),
+            ("+-5", "two signs"),
+            ("-+5", "two signs"),
+            ("++5", "two signs"),
+            ("+", "a sign alone"),
             (" 5", "whitespace"),
             ("5 ", "whitespace"),
             ("1,000", "thousands separator"),
@@ -199,6 +205,9 @@ mod tests {
             assert!(Money::parse(input).is_err(), "{input:?} must fail: {why}");
         }
         assert!(Money::parse("10000000000").is_ok(), "the maximum itself is allowed");
+        let e = Money::parse("12345678901").unwrap_err().to_string();
+        assert!(e.contains("10,000,000,000"), "the refusal names the range: {e}");
+        assert_eq!(m("+5.00"), m("5"), "an explicit plus is a credit");
     }
 
     #[test]
