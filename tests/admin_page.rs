@@ -496,3 +496,46 @@ async fn staff_run_the_crm_from_a_browser_and_each_role_sees_only_what_it_may_do
     );
     b.client.clone().close().await.unwrap();
 }
+
+// ---- defects found driving the page --------------------------------------------------------
+
+/// A browser logged in as the first admin, or `None` when no browser is installed.
+async fn admin_browser(app: &TestApp) -> Option<Browser> {
+    let b = Browser::start().await?;
+    log_in(&b, &app.base, &app.admin_email, &app.admin_password).await;
+    Some(b)
+}
+
+/// How many ledger entries carry these notes.
+fn entries_with_notes(app: &TestApp, notes: &str) -> i64 {
+    app.sqlite()
+        .query_row("SELECT COUNT(*) FROM ledger_entries WHERE notes = ?1", [notes], |r| {
+            r.get(0)
+        })
+        .unwrap()
+}
+
+#[tokio::test]
+async fn enter_pressed_twice_on_the_adjustment_form_reviews_and_never_books() {
+    let app = spawn_app();
+    register_named(&app, "enter@example.com", "Enter", "Twice").await;
+    let Some(b) = admin_browser(&app).await else { return };
+    open_client(&b, "enter@example.com").await;
+    b.type_into("#adjust-form input[name=amount]", "25").await;
+    b.type_into("#adjust-form input[name=notes]", "double enter").await;
+    b.press_enter().await;
+    b.find("#adjust-confirm-button").await;
+    b.press_enter().await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        entries_with_notes(&app, "double enter"),
+        0,
+        "a second Enter must not confirm"
+    );
+    let focused = b.js("return document.activeElement.id", vec![]).await;
+    assert_ne!(
+        focused,
+        json!("adjust-confirm-button"),
+        "Confirm must not hold the focus"
+    );
+}

@@ -153,7 +153,7 @@ function adjustForm(ctx) {
   const notes = h('input', { name: 'notes', autocomplete: 'off' });
   const review = h('button', { type: 'submit', class: 'primary' }, 'Review…');
   const error = errorBox();
-  const confirm = h('div', { id: 'adjust-confirm', class: 'confirm', hidden: true });
+  const confirm = h('div', { id: 'adjust-confirm', class: 'confirm', tabindex: -1, hidden: true });
   const form = h('form', { id: 'adjust-form' },
     h('h3', {}, 'Adjust balance'),
     field('Account', account),
@@ -174,6 +174,7 @@ function adjustForm(ctx) {
     showConfirm(confirm, ctx, { acct, fundType: fund.value, change, notes: notes.value }, () => {
       form.hidden = false;
       confirm.hidden = true;
+      amount.focus();
     });
     form.hidden = true;
   });
@@ -215,7 +216,9 @@ function showConfirm(box, ctx, { acct, fundType, change, notes }, back) {
     error,
     h('div', { class: 'actions' }, ok, cancel));
   box.hidden = false;
-  setTimeout(() => ok.focus(), 0);
+  // The panel takes the focus, not Confirm: an Enter held down or pressed twice on the form
+  // would otherwise book the adjustment without it ever being reviewed.
+  box.focus();
 }
 
 function leverageForm(ctx) {

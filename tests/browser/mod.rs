@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fantoccini::actions::{InputSource, KeyAction, KeyActions};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
@@ -183,6 +184,15 @@ impl Browser {
 
     pub async fn click(&self, css: &str) {
         self.find(css).await.click().await.unwrap();
+    }
+
+    /// Presses Enter on whatever has the focus, as a person at the keyboard would.
+    pub async fn press_enter(&self) {
+        const ENTER: char = '\u{E007}';
+        let keys = KeyActions::new("keyboard".into())
+            .then(KeyAction::Down { value: ENTER })
+            .then(KeyAction::Up { value: ENTER });
+        self.client.perform_actions(keys).await.unwrap();
     }
 
     /// Fails if a JavaScript dialog (alert, confirm, prompt) is open.
