@@ -539,3 +539,64 @@ async fn enter_pressed_twice_on_the_adjustment_form_reviews_and_never_books() {
         "Confirm must not hold the focus"
     );
 }
+
+/// The texts of the options of a select.
+async fn option_labels(b: &Browser, css: &str) -> Vec<String> {
+    let v = b
+        .js(
+            "return [...document.querySelectorAll(arguments[0] + ' option')].map((o) => o.textContent)",
+            vec![json!(css)],
+        )
+        .await;
+    serde_json::from_value(v).unwrap()
+}
+
+#[tokio::test]
+async fn accounts_opened_in_the_same_minute_read_differently_and_pickers_keep_their_choice() {
+    let app = spawn_app();
+    let client_id = register_named(&app, "twins@example.com", "Twin", "Accounts").await;
+    let admin = app.admin_token().await;
+    let mut subs = vec![];
+    for _ in 0..2 {
+        let path = format!("/api/clients/{client_id}/subaccounts");
+        let (status, sub) = app.staff(Method::POST, &path, &admin, None).await;
+        assert_eq!(status, 201, "{sub}");
+        subs.push(sub["id"].as_str().unwrap().to_string());
+    }
+    let Some(b) = admin_browser(&app).await else { return };
+    open_client(&b, "twins@example.com").await;
+    let labels = option_labels(&b, "#adjust-form select[name=account]").await;
+    let unique: std::collections::HashSet<_> = labels.iter().collect();
+    assert_eq!(unique.len(), 3, "every account reads differently: {labels:?}");
+    assert!(
+        labels[2].starts_with("Subaccount 2") && labels[2].ends_with(&subs[1][28..]),
+        "{labels:?}"
+    );
+    let rows = b
+        .js(
+            "return [...document.querySelectorAll('#accounts tbody tr td:first-child')].map((c) => c.textContent)",
+            vec![],
+        )
+        .await;
+    assert_eq!(rows, json!(labels), "the accounts table uses the same labels");
+
+    // Changing leverage elsewhere or opening a subaccount leaves the Adjust picker where it was.
+    b.select("#adjust-form select[name=account]", &subs[0]).await;
+    let primary = app.account_of("twins@example.com").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    b.select("#leverage-form select[name=account]", &primary).await;
+    b.type_into("#leverage-form input[name=leverage]", "300").await;
+    b.click("#leverage-form button[type=submit]").await;
+    b.wait_text(&format!(".leverage[data-account='{primary}']"), "1:300")
+        .await;
+    let adjust_choice = "return document.querySelector('#adjust-form select[name=account]').value";
+    assert_eq!(b.js(adjust_choice, vec![]).await, json!(subs[0]));
+    b.click("#subaccount-form button[type=submit]").await;
+    b.wait_until("the new subaccount", || async {
+        option_labels(&b, "#adjust-form select[name=account]").await.len() == 4
+    })
+    .await;
+    assert_eq!(b.js(adjust_choice, vec![]).await, json!(subs[0]));
+}

@@ -12,7 +12,8 @@ const KYC = [['pending', 'Pending'], ['in_review', 'In review'], ['approved', 'A
 export async function clientScreen(id) {
   const path = `/api/clients/${encodeURIComponent(id)}`;
   const data = await api('GET', path);
-  const ctx = { id, path, data, selected: data.account?.id };
+  // Each account picker keeps its own choice (by key) across reloads; none follows another.
+  const ctx = { id, path, data, selected: {} };
 
   const heading = h('div', { class: 'client-head' });
   const profile = h('section', { class: 'card', id: 'profile' });
@@ -49,14 +50,22 @@ function allAccounts(data) {
   return [data.account, ...(data.subaccounts || [])].filter(Boolean);
 }
 
+/**
+ * "Primary USD · …9f2c41d7", "Subaccount 2 EUR · …": subaccounts are numbered in the order they
+ * were opened (the API lists them so). The id's tail, not its head: ids are UUIDv7, whose first
+ * digits are a timestamp that two accounts opened in the same minute share.
+ */
 function accountLabel(a, data) {
-  const kind = a.id === data.account?.id ? 'Primary' : 'Subaccount';
-  return `${kind} ${a.currency} · ${String(a.id).slice(0, 8)}`;
+  const n = (data.subaccounts || []).findIndex((s) => s.id === a.id);
+  const kind = n < 0 ? 'Primary' : `Subaccount ${n + 1}`;
+  return `${kind} ${a.currency} · …${String(a.id).slice(-8)}`;
 }
 
-function accountSelect(ctx, name) {
+function accountSelect(ctx, key, name) {
   const { data } = ctx;
-  return select({ name }, allAccounts(data).map((a) => [a.id, accountLabel(a, data)]), ctx.selected);
+  const el = select({ name }, allAccounts(data).map((a) => [a.id, accountLabel(a, data)]), ctx.selected[key]);
+  el.addEventListener('change', () => { ctx.selected[key] = el.value; });
+  return el;
 }
 
 function renderHead(el, { data }) {
@@ -147,7 +156,7 @@ function renderAccounts(el, ctx) {
 
 /** Adjust balance in two steps: the form, then a confirmation with before and after. */
 function adjustForm(ctx) {
-  const account = accountSelect(ctx, 'account');
+  const account = accountSelect(ctx, 'adjust', 'account');
   const fund = select({ name: 'fundType' }, FUNDS, 'real');
   const amount = h('input', { name: 'amount', inputmode: 'decimal', autocomplete: 'off', required: true, placeholder: '100.00 or -50.00' });
   const notes = h('input', { name: 'notes', autocomplete: 'off' });
@@ -204,7 +213,6 @@ function showConfirm(box, ctx, { acct, fundType, change, notes }, back) {
     try {
       await api('POST', `/api/accounts/${encodeURIComponent(acct.id)}/adjust-balance`, { amount: change, fundType, notes },
         { 'Idempotency-Key': idempotencyKey });
-      ctx.selected = acct.id;
       await ctx.reload();
     } catch (e) {
       showError(error, e.message);
@@ -222,7 +230,7 @@ function showConfirm(box, ctx, { acct, fundType, change, notes }, back) {
 }
 
 function leverageForm(ctx) {
-  const account = accountSelect(ctx, 'account');
+  const account = accountSelect(ctx, 'leverage', 'account');
   const current = () => allAccounts(ctx.data).find((a) => a.id === account.value)?.leverage ?? '';
   const leverage = h('input', { name: 'leverage', type: 'number', min: 1, max: 500, step: 1, required: true, value: current() });
   account.addEventListener('change', () => { leverage.value = current(); });
@@ -240,7 +248,6 @@ function leverageForm(ctx) {
     busy(save, async () => {
       try {
         await api('PATCH', `/api/accounts/${encodeURIComponent(account.value)}/leverage`, { leverage: Number(leverage.value) });
-        ctx.selected = account.value;
         await ctx.reload();
       } catch (e) {
         showError(error, e.message);
@@ -264,8 +271,7 @@ function subaccountForm(ctx) {
       try {
         const body = { currency: currency.value.trim().toUpperCase() };
         if (leverage.value) body.leverage = Number(leverage.value);
-        const acct = await api('POST', `${ctx.path}/subaccounts`, body);
-        ctx.selected = acct.id;
+        await api('POST', `${ctx.path}/subaccounts`, body);
         await ctx.reload();
       } catch (e) {
         showError(error, e.message);
@@ -276,7 +282,7 @@ function subaccountForm(ctx) {
 }
 
 function renderLedger(el, ctx) {
-  const account = accountSelect(ctx, 'ledger-account');
+  const account = accountSelect(ctx, 'ledger', 'ledger-account');
   const body = h('div', {});
   const error = errorBox();
   const more = h('button', { type: 'button', hidden: true }, 'Older entries');
@@ -318,10 +324,7 @@ function renderLedger(el, ctx) {
       if (mine === latest) showError(error, e.message);
     }
   }
-  account.addEventListener('change', () => {
-    ctx.selected = account.value;
-    load(true);
-  });
+  account.addEventListener('change', () => load(true));
   more.addEventListener('click', () => busy(more, () => load(false)));
   replace(el, h('h2', {}, 'Ledger'), field('Account', account), error, h('div', { class: 'scroll' }, body), more);
   if (account.value) load(true);
