@@ -313,18 +313,15 @@ async fn staff_run_the_crm_from_a_browser_and_each_role_sees_only_what_it_may_do
     b.js("location.reload()", vec![]).await;
     b.wait_for_text("browser test bonus").await;
 
-    // A refused adjustment shows the API's message beside the confirmation and changes nothing.
+    // A debit beyond the fund is refused in the confirmation, which offers no Confirm.
     b.select("#adjust-form select[name=fundType]", "real").await;
     b.type_into("#adjust-form input[name=amount]", "-1000").await;
     b.click("#adjust-form button[type=submit]").await;
-    b.click("#adjust-confirm-button").await;
     b.wait_until("the refusal to show", || async {
-        b.text("#adjust-confirm .error")
-            .await
-            .to_lowercase()
-            .contains("insufficient")
+        b.text("#adjust-confirm .error").await.contains("Not possible")
     })
     .await;
+    assert!(!b.exists("#adjust-confirm-button").await);
     assert_eq!(b.text(&cell("realBalance")).await, "59.99");
     b.click("#adjust-confirm button:not(.primary)").await; // Back
 
@@ -599,4 +596,45 @@ async fn accounts_opened_in_the_same_minute_read_differently_and_pickers_keep_th
     })
     .await;
     assert_eq!(b.js(adjust_choice, vec![]).await, json!(subs[0]));
+}
+
+/// Fills the adjustment form for real funds and presses Review.
+async fn review_real(b: &Browser, amount: &str) {
+    b.select("#adjust-form select[name=fundType]", "real").await;
+    b.type_into("#adjust-form input[name=amount]", amount).await;
+    b.click("#adjust-form button[type=submit]").await;
+    b.find("#adjust-confirm").await;
+}
+
+#[tokio::test]
+async fn the_confirmation_shows_the_account_as_it_is_now_and_refusals_say_what_is_available() {
+    let app = spawn_app();
+    register_named(&app, "moving@example.com", "Money", "Moving").await;
+    let Some(b) = admin_browser(&app).await else { return };
+    open_client(&b, "moving@example.com").await;
+    // Money arrives after the page was opened.
+    assert_eq!(app.deposit("moving@example.com", "300", "TX-IN").await.0, 200);
+    review_real(&b, "-100").await;
+    let preview = b.text("#adjust-confirm").await;
+    assert!(
+        preview.contains("real before300.00") && preview.contains("real after200.00"),
+        "{preview}"
+    );
+    b.click("#adjust-confirm button:not(.primary)").await; // Back
+
+    // A debit beyond the fund is plainly refused before anything is sent.
+    review_real(&b, "-500").await;
+    let preview = b.text("#adjust-confirm").await;
+    assert!(preview.contains("would become -200.00"), "{preview}");
+    assert!(!b.exists("#adjust-confirm-button").await, "no Confirm for an overdraft");
+    b.click("#adjust-confirm button:not(.primary)").await;
+
+    // Money leaves between Review and Confirm: the server's refusal says what is there.
+    review_real(&b, "-100").await;
+    assert_eq!(app.withdraw("moving@example.com", "232.86", "TX-OUT").await.0, 200);
+    b.click("#adjust-confirm-button").await;
+    b.wait_until("the refusal", || async {
+        b.text("#adjust-confirm .error").await == "Insufficient real funds: 67.14 available"
+    })
+    .await;
 }

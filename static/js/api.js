@@ -101,12 +101,24 @@ async function send(method, path, body, extraHeaders = {}) {
 async function errorOf(resp) {
   let message = `The server answered ${resp.status}.`;
   try {
-    const body = await resp.json();
+    const text = await resp.text();
+    const body = JSON.parse(text);
     if (body && typeof body.error === 'string') message = body.error;
+    // Insufficient funds: {"error": "Insufficient real funds", "required": .., "available": ..}.
+    if (body && typeof body.available === 'number') message += `: ${numberLiteral(text, 'available')} available`;
   } catch {
     // Not JSON: keep the status line.
   }
   return new ApiError(resp.status, message);
+}
+
+/**
+ * A top-level JSON number exactly as the server wrote it. Money figures arrive as JSON numbers,
+ * which JSON.parse would round to the nearest float; the text is exact.
+ */
+function numberLiteral(text, name) {
+  const m = new RegExp(`"${name}"\\s*:\\s*(-?\\d+(?:\\.\\d+)?)`).exec(text);
+  return m ? m[1] : '';
 }
 
 /** A JSON request; resolves to the parsed body, rejects with ApiError carrying the API's message. */

@@ -3,7 +3,7 @@
 
 import { api, can, newIdempotencyKey, query } from './api.js';
 import { h, field, select, table, errorBox, showError, busy, when, jsonText, replace } from './dom.js';
-import { parseMoney, formatMoney, addMoney } from './money.js';
+import { parseMoney, formatMoney, addMoney, isNegative } from './money.js';
 import { clientName, kycBadge } from './clients.js';
 
 const FUNDS = ['real', 'demo', 'bonus'];
@@ -178,26 +178,35 @@ function adjustForm(ctx) {
       showError(error, 'Enter a non-zero amount such as 100.00 or -50.25 (at most 8 decimals).');
       return;
     }
-    const acct = allAccounts(ctx.data).find((a) => a.id === account.value);
     const change = formatMoney(atoms);
-    showConfirm(confirm, ctx, { acct, fundType: fund.value, change, notes: notes.value }, () => {
-      form.hidden = false;
-      confirm.hidden = true;
-      amount.focus();
+    busy(review, async () => {
+      try {
+        // The figures to confirm are the account as it is now: money may have moved since the
+        // page was opened (a deposit, a withdrawal, another member of staff).
+        const acct = await api('GET', `/api/accounts/${encodeURIComponent(account.value)}`);
+        showConfirm(confirm, ctx, { acct, fundType: fund.value, change, notes: notes.value }, () => {
+          form.hidden = false;
+          confirm.hidden = true;
+          amount.focus();
+        });
+        form.hidden = true;
+      } catch (e) {
+        showError(error, e.message);
+      }
     });
-    form.hidden = true;
   });
   return h('div', { class: 'subform' }, form, confirm);
 }
 
 function showConfirm(box, ctx, { acct, fundType, change, notes }, back) {
   const key = `${fundType}Balance`;
+  const after = addMoney(acct[key], change);
   const rows = [
     ['Account', accountLabel(acct, ctx.data)],
     ['Fund', fundType],
     ['Change', change],
     [`${fundType} before`, acct[key]],
-    [`${fundType} after`, addMoney(acct[key], change)],
+    [`${fundType} after`, after],
     ['Total before', acct.balance],
     ['Total after', addMoney(acct.balance, change)],
   ];
@@ -218,11 +227,19 @@ function showConfirm(box, ctx, { acct, fundType, change, notes }, back) {
       showError(error, e.message);
     }
   }));
+  // A fund cannot go below zero (the API refuses it): say so rather than offer a Confirm that
+  // can only fail.
+  const overdrawn = isNegative(after)
+    ? h('p', { class: 'error', role: 'alert' },
+      `Not possible: ${fundType} funds would become ${after} ${acct.currency}. `,
+      `Only ${acct[key]} ${acct.currency} ${fundType} is available. Go back and change the amount.`)
+    : null;
   replace(box,
     h('h3', {}, 'Confirm balance adjustment'),
     h('dl', { class: 'pairs' }, rows.map(([k, v]) => [h('dt', {}, k), h('dd', { class: 'money' }, v ?? '')])),
+    overdrawn,
     error,
-    h('div', { class: 'actions' }, ok, cancel));
+    h('div', { class: 'actions' }, overdrawn ? null : ok, cancel));
   box.hidden = false;
   // The panel takes the focus, not Confirm: an Enter held down or pressed twice on the form
   // would otherwise book the adjustment without it ever being reviewed.
