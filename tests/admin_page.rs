@@ -638,3 +638,53 @@ async fn the_confirmation_shows_the_account_as_it_is_now_and_refusals_say_what_i
     })
     .await;
 }
+
+#[tokio::test]
+async fn every_saved_change_says_what_was_done() {
+    let app = spawn_app();
+    register_named(&app, "saved@example.com", "Saved", "Changes").await;
+    let primary = app.account_of("saved@example.com").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tail = &primary[28..];
+    let Some(b) = admin_browser(&app).await else { return };
+    open_client(&b, "saved@example.com").await;
+
+    adjust(&b, "real", "1500", "0.00", "1500.00").await;
+    b.wait_text(
+        "#accounts-done",
+        &format!("Booked +1,500.00 real on Primary USD · …{tail}; real funds are now 1500.00 USD."),
+    )
+    .await;
+    adjust(&b, "real", "-1000", "1500.00", "500.00").await;
+    b.wait_text(
+        "#accounts-done",
+        &format!("Booked −1,000.00 real on Primary USD · …{tail}; real funds are now 500.00 USD."),
+    )
+    .await;
+
+    b.type_into("#leverage-form input[name=leverage]", "50").await;
+    b.click("#leverage-form button[type=submit]").await;
+    b.wait_text(
+        "#accounts-done",
+        &format!("Leverage of Primary USD · …{tail} is now 1:50."),
+    )
+    .await;
+
+    b.click("#subaccount-form button[type=submit]").await;
+    b.wait_until("the new subaccount's notice", || async {
+        b.text("#accounts-done")
+            .await
+            .starts_with("Opened Subaccount 1 USD · …")
+    })
+    .await;
+
+    b.select("#kyc-form select[name=kycStatus]", "approved").await;
+    b.click("#kyc-form button[type=submit]").await;
+    b.wait_text("#kyc-done", "KYC saved: status Approved.").await;
+
+    b.type_into("#note-form textarea", "Saved, and told so").await;
+    b.click("#note-form button[type=submit]").await;
+    b.wait_text("#note-done", "Note added.").await;
+}

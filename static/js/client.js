@@ -2,8 +2,8 @@
 // activity timeline. Every value from the API is put on the page as text.
 
 import { api, can, newIdempotencyKey, query } from './api.js';
-import { h, field, select, table, errorBox, showError, busy, when, jsonText, replace } from './dom.js';
-import { parseMoney, formatMoney, addMoney, isNegative } from './money.js';
+import { h, field, select, table, errorBox, showError, showNotice, noticeBox, busy, when, jsonText, replace } from './dom.js';
+import { parseMoney, formatMoney, addMoney, isNegative, signedAmount } from './money.js';
 import { clientName, kycBadge } from './clients.js';
 
 const FUNDS = ['real', 'demo', 'bonus'];
@@ -13,7 +13,8 @@ export async function clientScreen(id) {
   const path = `/api/clients/${encodeURIComponent(id)}`;
   const data = await api('GET', path);
   // Each account picker keeps its own choice (by key) across reloads; none follows another.
-  const ctx = { id, path, data, selected: {} };
+  // `notices` are the success lines of the sections a reload redraws, to fill after it.
+  const ctx = { id, path, data, selected: {}, notices: {} };
 
   const heading = h('div', { class: 'client-head' });
   const profile = h('section', { class: 'card', id: 'profile' });
@@ -117,14 +118,19 @@ function renderKyc(el, ctx) {
     notes.value = c.kycNotes || '';
     const save = h('button', { type: 'submit', class: 'primary' }, 'Save KYC');
     const error = errorBox();
-    const form = h('form', { id: 'kyc-form' }, field('New status', status), field('KYC notes', notes), error, save);
+    const done = noticeBox('kyc-done');
+    ctx.notices.kyc = done;
+    const form = h('form', { id: 'kyc-form' }, field('New status', status), field('KYC notes', notes), error, done, save);
     form.addEventListener('submit', (ev) => {
       ev.preventDefault();
       busy(save, async () => {
         showError(error, '');
+        showNotice(done, '');
         try {
           await api('PATCH', `${ctx.path}/kyc`, { kycStatus: status.value, kycNotes: notes.value });
+          const saved = status.selectedOptions[0].textContent;
           await ctx.reload();
+          showNotice(ctx.notices.kyc, `KYC saved: status ${saved}.`);
         } catch (e) {
           showError(error, e.message);
         }
@@ -147,7 +153,8 @@ function renderAccounts(el, ctx) {
     ['Total', money('balance')],
     ['Equity', money('equity')],
   ], allAccounts(data));
-  const parts = [h('h2', {}, 'Accounts'), h('div', { class: 'scroll' }, rows)];
+  ctx.notices.accounts = noticeBox('accounts-done');
+  const parts = [h('h2', {}, 'Accounts'), ctx.notices.accounts, h('div', { class: 'scroll' }, rows)];
   if (can('money')) {
     parts.push(h('div', { class: 'forms' }, adjustForm(ctx), leverageForm(ctx), subaccountForm(ctx)));
   }
@@ -173,6 +180,7 @@ function adjustForm(ctx) {
   form.addEventListener('submit', (ev) => {
     ev.preventDefault();
     showError(error, '');
+    showNotice(ctx.notices.accounts, '');
     const atoms = parseMoney(amount.value);
     if (atoms === null || atoms === 0n) {
       showError(error, 'Enter a non-zero amount such as 100.00 or -50.25 (at most 8 decimals).');
@@ -220,9 +228,11 @@ function showConfirm(box, ctx, { acct, fundType, change, notes }, back) {
   ok.addEventListener('click', () => busy(ok, async () => {
     showError(error, '');
     try {
-      await api('POST', `/api/accounts/${encodeURIComponent(acct.id)}/adjust-balance`, { amount: change, fundType, notes },
+      const now = await api('POST', `/api/accounts/${encodeURIComponent(acct.id)}/adjust-balance`, { amount: change, fundType, notes },
         { 'Idempotency-Key': idempotencyKey });
       await ctx.reload();
+      showNotice(ctx.notices.accounts, `Booked ${signedAmount(change)} ${fundType} on ${accountLabel(now, ctx.data)}; `
+        + `${fundType} funds are now ${now[key]} ${now.currency}.`);
     } catch (e) {
       showError(error, e.message);
     }
@@ -258,14 +268,16 @@ function leverageForm(ctx) {
   form.addEventListener('submit', (ev) => {
     ev.preventDefault();
     showError(error, '');
+    showNotice(ctx.notices.accounts, '');
     if (!/^\d{1,3}$/.test(leverage.value) || +leverage.value < 1 || +leverage.value > 500) {
       showError(error, 'Leverage must be a whole number from 1 to 500.');
       return;
     }
     busy(save, async () => {
       try {
-        await api('PATCH', `/api/accounts/${encodeURIComponent(account.value)}/leverage`, { leverage: Number(leverage.value) });
+        const now = await api('PATCH', `/api/accounts/${encodeURIComponent(account.value)}/leverage`, { leverage: Number(leverage.value) });
         await ctx.reload();
+        showNotice(ctx.notices.accounts, `Leverage of ${accountLabel(now, ctx.data)} is now 1:${now.leverage}.`);
       } catch (e) {
         showError(error, e.message);
       }
@@ -285,11 +297,13 @@ function subaccountForm(ctx) {
     ev.preventDefault();
     busy(save, async () => {
       showError(error, '');
+      showNotice(ctx.notices.accounts, '');
       try {
         const body = { currency: currency.value.trim().toUpperCase() };
         if (leverage.value) body.leverage = Number(leverage.value);
-        await api('POST', `${ctx.path}/subaccounts`, body);
+        const opened = await api('POST', `${ctx.path}/subaccounts`, body);
         await ctx.reload();
+        showNotice(ctx.notices.accounts, `Opened ${accountLabel(opened, ctx.data)} with leverage 1:${opened.leverage}.`);
       } catch (e) {
         showError(error, e.message);
       }
@@ -352,7 +366,8 @@ function renderNotes(el, ctx) {
   const comment = h('textarea', { name: 'comment', rows: 3, required: true });
   const add = h('button', { type: 'submit', class: 'primary' }, 'Add note');
   const error = errorBox();
-  const form = h('form', { id: 'note-form' }, field('New note', comment), error, add);
+  const done = noticeBox('note-done');
+  const form = h('form', { id: 'note-form' }, field('New note', comment), error, done, add);
   async function load() {
     list.replaceChildren(h('li', { class: 'loading' }, 'Loading…'));
     try {
@@ -370,9 +385,11 @@ function renderNotes(el, ctx) {
     ev.preventDefault();
     busy(add, async () => {
       showError(error, '');
+      showNotice(done, '');
       try {
         await api('POST', `${ctx.path}/notes`, { comment: comment.value });
         comment.value = '';
+        showNotice(done, 'Note added.');
         await load();
         renderActivity(document.getElementById('activity'), ctx);
       } catch (e) {

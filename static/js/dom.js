@@ -56,9 +56,19 @@ export function errorBox() {
   return h('p', { class: 'error', role: 'alert', hidden: true });
 }
 
+/** Shows `message` in an error or notice box, or hides the box when the message is empty. */
 export function showError(box, message) {
   box.textContent = message;
   box.hidden = !message;
+}
+export { showError as showNotice };
+
+/**
+ * A paragraph that says what was just saved, so nobody enters it a second time believing the
+ * first went nowhere (forms reset after a save).
+ */
+export function noticeBox(id) {
+  return h('p', { class: 'notice', role: 'status', id, hidden: true });
 }
 
 /** A select with the given options; each option is a value or [value, label]. */

@@ -27,6 +27,13 @@ export function addMoney(a, b) {
   return x === null || y === null ? null : formatMoney(x + y);
 }
 
+/** "-1000.5" -> "−1,000.50", "25" -> "+25.00": a signed amount for people to read. */
+export function signedAmount(text) {
+  const atoms = parseMoney(text);
+  const [whole, frac] = formatMoney(atoms < 0n ? -atoms : atoms).split('.');
+  return `${atoms < 0n ? '−' : '+'}${whole.replace(/\B(?=(\d{3})+$)/g, ',')}.${frac}`;
+}
+
 export function isNegative(text) {
   const v = parseMoney(text);
   return v !== null && v < 0n;
