@@ -688,3 +688,25 @@ async fn every_saved_change_says_what_was_done() {
     b.click("#note-form button[type=submit]").await;
     b.wait_text("#note-done", "Note added.").await;
 }
+
+#[tokio::test]
+async fn a_failed_role_change_puts_the_role_back() {
+    let mut app = spawn_app();
+    let admin = app.admin_token().await;
+    let body = json!({ "email": "helper@crm.local", "name": "Helper", "role": "agent" });
+    assert_eq!(app.staff(Method::POST, "/api/staff", &admin, Some(body)).await.0, 201);
+    let Some(b) = admin_browser(&app).await else { return };
+    b.goto(&app.url("/#/staff")).await;
+    let role = "select[aria-label='Role of helper@crm.local']";
+    b.find(role).await;
+    app.kill(); // the change cannot be saved
+    b.select(role, "manager").await;
+    b.wait_until("the failure", || async {
+        b.text("#app .error").await.contains("cannot be reached")
+    })
+    .await;
+    let shown = b
+        .js("return document.querySelector(arguments[0]).value", vec![json!(role)])
+        .await;
+    assert_eq!(shown, json!("agent"), "the dropdown shows the role still saved");
+}

@@ -30,13 +30,15 @@ export async function staffScreen() {
     ], res.staff || []));
   }
 
-  async function change(button, fn) {
+  /** Runs one row's action; `undo` puts back a control that shows a value not saved. */
+  async function change(button, fn, undo = () => {}) {
     await busy(button, async () => {
       showError(listError, '');
       try {
         await fn();
         await load();
       } catch (e) {
+        undo();
         showError(listError, e.message);
       }
     });
@@ -45,7 +47,9 @@ export async function staffScreen() {
   function roleControl(u) {
     const self = u.id === session.user()?.id;
     const control = select({ 'aria-label': `Role of ${u.email}`, disabled: self }, ROLES, u.role);
-    control.addEventListener('change', () => change(control, () => api('PATCH', `/api/staff/${encodeURIComponent(u.id)}`, { role: control.value })));
+    control.addEventListener('change', () => change(control,
+      () => api('PATCH', `/api/staff/${encodeURIComponent(u.id)}`, { role: control.value }),
+      () => { control.value = u.role; }));
     return control;
   }
 
