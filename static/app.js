@@ -37,6 +37,8 @@ async function render() {
   const signedIn = Boolean(session.token());
   showChrome(signedIn);
   if (!signedIn && route.name !== 'login') {
+    // A link, a bookmark or a new tab: come back here once logged in.
+    if (screens[route.name]) session.rememberRoute(hash);
     location.hash = '#/login';
     return;
   }
@@ -77,16 +79,19 @@ function markCurrent(name) {
 }
 
 function onLogin() {
-  location.hash = '#/clients';
+  location.hash = session.takeRoute() || '#/clients';
 }
 
 function logout() {
-  session.clear();
+  // Everything this tab kept goes: the token, a route to return to, unsent drafts. The next
+  // person at this screen starts afresh.
+  sessionStorage.clear();
   location.hash = '#/login';
 }
 
 setUnauthorizedHandler(() => {
   session.flash('Your session has ended. Please log in again.');
+  if (!location.hash.startsWith('#/login')) session.rememberRoute(location.hash);
   location.hash = '#/login';
 });
 

@@ -181,6 +181,11 @@ async fn register_named(app: &TestApp, email: &str, first: &str, last: &str) -> 
 
 async fn log_in(b: &Browser, base: &str, email: &str, password: &str) {
     b.goto(&format!("{base}/")).await;
+    log_in_here(b, email, password).await;
+}
+
+/// Logs in on the login screen the page shows now.
+async fn log_in_here(b: &Browser, email: &str, password: &str) {
     b.type_into("#login-form input[name=email]", email).await;
     b.type_into("#login-form input[name=password]", password).await;
     b.click("#login-form button[type=submit]").await;
@@ -709,4 +714,42 @@ async fn a_failed_role_change_puts_the_role_back() {
         .js("return document.querySelector(arguments[0]).value", vec![json!(role)])
         .await;
     assert_eq!(shown, json!("agent"), "the dropdown shows the role still saved");
+}
+
+#[tokio::test]
+async fn after_logging_in_staff_return_to_where_they_were_with_what_they_had_typed() {
+    let app = spawn_app();
+    let client_id = register_named(&app, "return@example.com", "Come", "Back").await;
+    let Some(b) = Browser::start().await else { return };
+    // A bookmark opened without a session.
+    b.goto(&app.url("/#/audit?action=auth.login")).await;
+    b.find("#login-form").await;
+    log_in_here(&b, &app.admin_email, &app.admin_password).await;
+    b.find("#audit-table").await;
+    assert_eq!(
+        b.js("return location.hash", vec![]).await,
+        json!("#/audit?action=auth.login")
+    );
+
+    // The session ends while a note and KYC notes are being written.
+    b.goto(&app.url(&format!("/#/clients/{client_id}"))).await;
+    b.type_into("#note-form textarea", "Half a thought").await;
+    b.type_into("#kyc-form textarea", "Passport seen").await;
+    b.js("sessionStorage.setItem('crm.token', 'expired')", vec![]).await;
+    b.click("#note-form button[type=submit]").await;
+    b.find("#login-form").await;
+    log_in_here(&b, &app.admin_email, &app.admin_password).await;
+    b.find("#note-form").await;
+    assert_eq!(
+        b.js("return location.hash", vec![]).await,
+        json!(format!("#/clients/{client_id}"))
+    );
+    let typed = b
+        .js(
+            "return [document.querySelector('#note-form textarea').value, \
+                     document.querySelector('#kyc-form textarea').value]",
+            vec![],
+        )
+        .await;
+    assert_eq!(typed, json!(["Half a thought", "Passport seen"]));
 }

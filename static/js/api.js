@@ -4,6 +4,7 @@
 const TOKEN_KEY = 'crm.token';
 const USER_KEY = 'crm.user';
 const FLASH_KEY = 'crm.flash';
+const ROUTE_KEY = 'crm.route';
 
 export class ApiError extends Error {
   constructor(status, message) {
@@ -41,6 +42,15 @@ export const session = {
     sessionStorage.setItem(FLASH_KEY, message);
   },
   peekFlash: () => sessionStorage.getItem(FLASH_KEY),
+  /** Where to go after the next login: the page an ended or missing session interrupted. */
+  rememberRoute(hash) {
+    sessionStorage.setItem(ROUTE_KEY, hash);
+  },
+  takeRoute() {
+    const hash = sessionStorage.getItem(ROUTE_KEY);
+    sessionStorage.removeItem(ROUTE_KEY);
+    return hash;
+  },
   clear() {
     sessionStorage.removeItem(TOKEN_KEY);
     sessionStorage.removeItem(USER_KEY);

@@ -51,6 +51,18 @@ function uid(base) {
   return `f-${String(base).toLowerCase().replace(/[^a-z0-9]+/g, '-')}-${counter}`;
 }
 
+/**
+ * Keeps what is typed into `input` in sessionStorage until the returned function forgets it, so
+ * a session that ends mid-sentence loses nothing: after the login the page comes back with it.
+ */
+export function keepDraft(input, key) {
+  const name = `crm.draft.${key}`;
+  const saved = sessionStorage.getItem(name);
+  if (saved !== null) input.value = saved;
+  input.addEventListener('input', () => sessionStorage.setItem(name, input.value));
+  return () => sessionStorage.removeItem(name);
+}
+
 /** A paragraph that shows a form's error message, announced to screen readers. */
 export function errorBox() {
   return h('p', { class: 'error', role: 'alert', hidden: true });
