@@ -753,3 +753,54 @@ async fn after_logging_in_staff_return_to_where_they_were_with_what_they_had_typ
         .await;
     assert_eq!(typed, json!(["Half a thought", "Passport seen"]));
 }
+
+#[tokio::test]
+async fn log_filters_take_utc_show_their_form_and_keep_the_form_on_a_bad_filter() {
+    let app = spawn_app();
+    let Some(b) = admin_browser(&app).await else { return };
+    let offset = b.js("return new Date().getTimezoneOffset()", vec![]).await;
+    assert_ne!(
+        offset,
+        json!(0),
+        "the browser must not run in UTC for this test to mean anything"
+    );
+    b.goto(&app.url("/#/audit")).await;
+    b.find("#audit-table").await;
+    let labels = b.text("form.filters").await;
+    assert!(labels.contains("From (UTC)") && labels.contains("To (UTC)"), "{labels}");
+    let placeholder = b
+        .js(
+            "return document.querySelector('form.filters input[name=actor]').placeholder",
+            vec![],
+        )
+        .await;
+    assert!(placeholder.as_str().unwrap().starts_with("staff:"), "{placeholder}");
+    // The browser runs in New York; a time typed in the form is the table's UTC all the same.
+    b.js(
+        "document.querySelector('form.filters input[name=from]').value = '2025-10-13T19:00'",
+        vec![],
+    )
+    .await;
+    b.click("form.filters button[type=submit]").await;
+    b.wait_until("the filter in the URL", || async {
+        b.js("return location.hash", vec![]).await == json!("#/audit?from=2025-10-13T19%3A00%3A00.000Z")
+    })
+    .await;
+    b.find("#audit-table").await;
+    let shown = b
+        .js(
+            "return document.querySelector('form.filters input[name=from]').value",
+            vec![],
+        )
+        .await;
+    assert_eq!(shown, json!("2025-10-13T19:00"));
+
+    for page in ["audit", "webhooks"] {
+        b.goto(&app.url(&format!("/#/{page}?from=garbage"))).await;
+        b.wait_until("the refusal beside the form", || async {
+            b.text("#app .error").await.contains("from")
+        })
+        .await;
+        b.find("form.filters button[type=submit]").await;
+    }
+}

@@ -1,15 +1,16 @@
 import { api, download, query } from './api.js';
 import { h, table, errorBox, showError, busy, onLoadMore, when, jsonText } from './dom.js';
-import { filterForm, paramsObject } from './filters.js';
+import { filterForm, loadFirstPage, paramsObject } from './filters.js';
 
 const FILTERS = ['actor', 'action', 'outcome', 'target', 'from', 'to'];
 
 export async function auditScreen(params) {
   const { form } = filterForm('audit', params, [
-    { name: 'actor', label: 'Actor' },
-    { name: 'action', label: 'Action' },
+    // Actor, action and target match exactly: the hints show how the log writes them.
+    { name: 'actor', label: 'Actor', placeholder: 'staff:admin@example.com', hint: 'staff:<email>, platform:webhook or platform:service' },
+    { name: 'action', label: 'Action', placeholder: 'account.adjust_balance', hint: 'as in the table, e.g. client.note_add' },
     { name: 'outcome', label: 'Outcome', options: [['success', 'Success'], ['failure', 'Failure']] },
-    { name: 'target', label: 'Target' },
+    { name: 'target', label: 'Target', placeholder: 'client:<id>', hint: 'client:<id>, account:<id>, staff:<email> or webhook:<id>' },
     { name: 'from', label: 'From' },
     { name: 'to', label: 'To' },
   ]);
@@ -47,7 +48,7 @@ export async function auditScreen(params) {
     more.hidden = !cursor;
   }
   onLoadMore(more, load, error);
-  await load();
+  await loadFirstPage(load, error);
   const headings = ['When', 'Actor', 'Action', 'Target', 'Outcome', 'IP', 'Details'];
   return h('section', {},
     h('div', { class: 'title-row' }, h('h1', {}, 'Audit log'), csv),

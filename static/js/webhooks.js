@@ -1,13 +1,13 @@
 import { api, query } from './api.js';
 import { h, table, errorBox, showError, busy, onLoadMore, when, jsonText } from './dom.js';
-import { filterForm, paramsObject } from './filters.js';
+import { filterForm, loadFirstPage, paramsObject } from './filters.js';
 
 const FILTERS = ['status', 'event', 'from', 'to'];
 
 export async function webhooksScreen(params) {
   const { form } = filterForm('webhooks', params, [
     { name: 'status', label: 'Status', options: ['processed', 'duplicate', 'rejected', 'unauthorized', 'conflict', 'failed'] },
-    { name: 'event', label: 'Event' },
+    { name: 'event', label: 'Event', placeholder: 'deposit.completed', hint: 'the exact event name, e.g. client.registered' },
     { name: 'from', label: 'From' },
     { name: 'to', label: 'To' },
   ]);
@@ -34,7 +34,7 @@ export async function webhooksScreen(params) {
       : h('p', { class: 'empty' }, 'No webhook events match.'));
   }
   onLoadMore(more, load, error);
-  await load();
+  await loadFirstPage(load, error);
   return h('section', {}, h('h1', {}, 'Webhook log'), form, error, body, more);
 }
 

@@ -52,6 +52,9 @@ impl Browser {
             .arg(format!("--port={port}"))
             // Its own process group, so that Chromium and its helpers can be ended with it.
             .process_group(0)
+            // A zone that is not UTC, whatever the machine's: the page shows and takes UTC, and a
+            // local time slipping in must show in the tests.
+            .env("TZ", "America/New_York")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
