@@ -804,3 +804,42 @@ async fn log_filters_take_utc_show_their_form_and_keep_the_form_on_a_bad_filter(
         b.find("form.filters button[type=submit]").await;
     }
 }
+
+/// Whether the page scrolls sideways.
+async fn scrolls_sideways(b: &Browser) -> bool {
+    let wide = "return document.documentElement.scrollWidth > document.documentElement.clientWidth";
+    b.js(wide, vec![]).await == json!(true)
+}
+
+#[tokio::test]
+async fn long_names_break_and_the_top_bar_fits_a_phone() {
+    let app = spawn_app();
+    let long = "W".repeat(100);
+    register_named(&app, "long@example.com", &long, "Name").await;
+    let Some(b) = admin_browser(&app).await else { return };
+    b.goto(&app.url("/#/clients")).await;
+    b.find("a.client-name").await;
+    assert!(!scrolls_sideways(&b).await, "the client list fits the window");
+    b.click("a.client-name").await;
+    b.find("#accounts table").await;
+    assert!(!scrolls_sideways(&b).await, "the client page fits the window");
+
+    b.client.set_window_size(390, 844).await.unwrap();
+    b.goto(&app.url("/#/clients")).await;
+    b.find("a.client-name").await;
+    let width = b.js("return document.documentElement.clientWidth", vec![]).await;
+    assert!(width.as_i64().unwrap() <= 400, "a phone-sized window: {width}");
+    assert!(!scrolls_sideways(&b).await, "the client list fits a phone");
+    for link in ["#logout", "#session a[href='#/password']"] {
+        let right = b
+            .js(
+                "return document.querySelector(arguments[0]).getBoundingClientRect().right",
+                vec![json!(link)],
+            )
+            .await;
+        assert!(
+            right.as_f64().unwrap() <= width.as_f64().unwrap(),
+            "{link} is on screen: {right}"
+        );
+    }
+}

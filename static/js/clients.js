@@ -56,7 +56,7 @@ export async function clientsScreen(params) {
       cursors.push(current);
       load(res.nextCursor);
     });
-    return h('div', {}, list, h('div', { class: 'pager' }, prev, next));
+    return h('div', {}, h('div', { class: 'scroll' }, list), h('div', { class: 'pager' }, prev, next));
   }
 
   await load('');
