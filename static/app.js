@@ -2,7 +2,7 @@
 // each screen is a module in js/ that renders into <main id="app"> with DOM calls only.
 
 import { api, can, session, setUnauthorizedHandler } from './js/api.js';
-import { replace, h } from './js/dom.js';
+import { replace, h, showError } from './js/dom.js';
 import { loginScreen } from './js/login.js';
 import { clientsScreen } from './js/clients.js';
 import { clientScreen } from './js/client.js';
@@ -95,8 +95,19 @@ setUnauthorizedHandler(() => {
   location.hash = '#/login';
 });
 
+/**
+ * A submit the browser itself refuses (a required field left empty) never reaches the form's
+ * handler, which is where errors are cleared: clear them here, or an earlier attempt's message
+ * reads as the answer to this one.
+ */
+function clearErrorsOfRefusedForm(ev) {
+  for (const box of ev.target.form?.querySelectorAll('.error') || []) showError(box, '');
+}
+
 async function start() {
   document.getElementById('logout').addEventListener('click', logout);
+  // `invalid` does not bubble: listen while it travels down.
+  document.addEventListener('invalid', clearErrorsOfRefusedForm, true);
   window.addEventListener('hashchange', render);
   if (session.token()) {
     // Refresh who we are (a role may have changed); a 401 here sends us to the login screen.

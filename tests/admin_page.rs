@@ -843,3 +843,24 @@ async fn long_names_break_and_the_top_bar_fits_a_phone() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_error_goes_when_the_browser_refuses_the_next_submit() {
+    let app = spawn_app();
+    register_named(&app, "stale@example.com", "Stale", "Error").await;
+    let Some(b) = admin_browser(&app).await else { return };
+    open_client(&b, "stale@example.com").await;
+    b.js(
+        "document.querySelector('#note-form textarea').value = 'x'.repeat(10001)",
+        vec![],
+    )
+    .await;
+    b.click("#note-form button[type=submit]").await;
+    b.find("#note-form .error").await; // the API refuses a note that long
+    b.type_into("#note-form textarea", "").await;
+    b.click("#note-form button[type=submit]").await; // refused by the browser: required
+    b.wait_until("the old error to go", || async {
+        !b.exists("#note-form .error:not([hidden])").await
+    })
+    .await;
+}
