@@ -864,3 +864,26 @@ async fn an_error_goes_when_the_browser_refuses_the_next_submit() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_one_time_password_goes_when_the_next_action_starts() {
+    let app = spawn_app();
+    let Some(b) = admin_browser(&app).await else { return };
+    b.goto(&app.url("/#/staff")).await;
+    b.type_into("#staff-form input[name=email]", "first@crm.local").await;
+    b.type_into("#staff-form input[name=name]", "First").await;
+    b.click("#staff-form button[type=submit]").await;
+    b.find(".password-once").await;
+    b.wait_for_text("first@crm.local").await;
+    // The next member gets a password the admin chose: nothing is shown for them.
+    b.type_into("#staff-form input[name=email]", "second@crm.local").await;
+    b.type_into("#staff-form input[name=name]", "Second").await;
+    b.type_into("#staff-form input[name=password]", "second-password-123")
+        .await;
+    b.click("#staff-form button[type=submit]").await;
+    b.wait_until("the second member in the list", || async {
+        b.text("#app table").await.contains("second@crm.local")
+    })
+    .await;
+    assert!(!b.exists(".secret:not([hidden])").await, "first's password is gone");
+}

@@ -18,6 +18,13 @@ export async function staffScreen() {
     box.select();
   }
 
+  // A password stays on screen only until the next action, so it cannot be read as belonging
+  // to whoever was added or reset after it.
+  function hidePassword() {
+    secret.replaceChildren();
+    secret.hidden = true;
+  }
+
   async function load() {
     const res = await api('GET', '/api/staff');
     list.replaceChildren(table([
@@ -34,6 +41,7 @@ export async function staffScreen() {
   async function change(button, fn, undo = () => {}) {
     await busy(button, async () => {
       showError(listError, '');
+      hidePassword();
       try {
         await fn();
         await load();
@@ -80,6 +88,7 @@ export async function staffScreen() {
     ev.preventDefault();
     busy(add, async () => {
       showError(addError, '');
+      hidePassword();
       try {
         const body = { email: email.value.trim(), name: name.value.trim(), role: role.value };
         if (password.value) body.password = password.value;
