@@ -25,10 +25,24 @@ const screens = {
 // Screens not every role may open; `can` says who may.
 const guarded = new Set(['audit', 'webhooks', 'staff']);
 
+/** The route in the hash, or null when it cannot be read (a malformed %-escape in a link). */
 function parseHash() {
   const [path, search = ''] = location.hash.replace(/^#\/?/, '').split('?');
-  const [name = '', param = ''] = path.split('/').map(decodeURIComponent);
-  return { name, param, params: new URLSearchParams(search) };
+  try {
+    const [name = '', param = ''] = path.split('/').map(decodeURIComponent);
+    return { name, param, params: new URLSearchParams(search) };
+  } catch {
+    return null;
+  }
+}
+
+/** A screen that could not be shown, with the way back: the list it belongs to, or Clients. */
+function cannotShow(message, route) {
+  const back = route?.param && screens[route.name] ? `#/${route.name}` : '#/clients';
+  return [
+    h('p', { class: 'error', role: 'alert' }, message),
+    h('p', {}, h('a', { href: back, id: 'back' }, back === '#/clients' ? '← Clients' : '← Back to the list')),
+  ];
 }
 
 async function render() {
@@ -36,10 +50,14 @@ async function render() {
   const route = parseHash();
   const signedIn = Boolean(session.token());
   showChrome(signedIn);
-  if (!signedIn && route.name !== 'login') {
+  if (!signedIn && route?.name !== 'login') {
     // A link, a bookmark or a new tab: come back here once logged in.
-    if (screens[route.name]) session.rememberRoute(hash);
+    if (screens[route?.name]) session.rememberRoute(hash);
     location.hash = '#/login';
+    return;
+  }
+  if (!route) {
+    replace(app, cannotShow('Not found: this link is damaged.'));
     return;
   }
   if (signedIn && (route.name === 'login' || !screens[route.name])) {
@@ -47,7 +65,7 @@ async function render() {
     return;
   }
   if (guarded.has(route.name) && !can(route.name)) {
-    replace(app, h('p', { class: 'error' }, 'Your role does not give access to this page.'));
+    replace(app, cannotShow('Your role does not give access to this page.'));
     return;
   }
   markCurrent(route.name);
@@ -57,7 +75,7 @@ async function render() {
     // A newer navigation may have started while this screen was loading.
     if (location.hash === hash) replace(app, view);
   } catch (e) {
-    if (e.status !== 401) replace(app, h('p', { class: 'error', role: 'alert' }, e.message || String(e)));
+    if (e.status !== 401) replace(app, cannotShow(e.message || String(e), route));
   }
 }
 

@@ -887,3 +887,30 @@ async fn a_one_time_password_goes_when_the_next_action_starts() {
     .await;
     assert!(!b.exists(".secret:not([hidden])").await, "first's password is gone");
 }
+
+#[tokio::test]
+async fn damaged_links_and_unknown_records_say_not_found_with_a_way_back() {
+    let app = spawn_app();
+    let Some(b) = admin_browser(&app).await else { return };
+    b.js(
+        "window.__errors = []; \
+         addEventListener('error', (e) => __errors.push(String(e.message))); \
+         addEventListener('unhandledrejection', (e) => __errors.push(String(e.reason)));",
+        vec![],
+    )
+    .await;
+    b.goto(&app.url("/#/clients/%E0%A4%A")).await;
+    b.wait_for_text("Not found").await;
+    assert_eq!(b.js("return window.__errors", vec![]).await, json!([]));
+    assert_eq!(b.text("#back").await, "← Clients");
+
+    let unknown = "0190c0de-0000-7000-8000-000000000000";
+    for (path, back) in [("clients", "#/clients"), ("webhooks", "#/webhooks")] {
+        b.goto(&app.url(&format!("/#/{path}/{unknown}"))).await;
+        b.wait_for_text("not found").await;
+        let href = b
+            .js("return document.querySelector('#back').getAttribute('href')", vec![])
+            .await;
+        assert_eq!(href, json!(back));
+    }
+}
