@@ -914,3 +914,22 @@ async fn damaged_links_and_unknown_records_say_not_found_with_a_way_back() {
         assert_eq!(href, json!(back));
     }
 }
+
+#[tokio::test]
+async fn the_timeline_shows_a_withdrawal_without_a_minus_sign() {
+    let app = spawn_app();
+    register_named(&app, "out@example.com", "Paid", "Out").await;
+    assert_eq!(app.deposit("out@example.com", "100", "TX-1").await.0, 200);
+    assert_eq!(app.withdraw("out@example.com", "10.10", "TX-2").await.0, 200);
+    let Some(b) = admin_browser(&app).await else { return };
+    open_client(&b, "out@example.com").await;
+    b.wait_for_text("Withdrawal of 10.10 USD (real funds), balance 89.90")
+        .await;
+    let summaries = b
+        .js(
+            "return [...document.querySelectorAll('#activity-list .summary')].map((s) => s.textContent).join('\\n')",
+            vec![],
+        )
+        .await;
+    assert!(!summaries.as_str().unwrap().contains("-10.10"), "{summaries}");
+}
