@@ -66,6 +66,7 @@ export function can(action) {
       return role === 'admin' || role === 'manager';
     case 'money': // balances, leverage, subaccounts
     case 'impersonate':
+    case 'reprocess':
     case 'webhooks':
     case 'staff':
       return role === 'admin';

@@ -1,5 +1,5 @@
-import { api, query } from './api.js';
-import { h, table, errorBox, showError, busy, onLoadMore, when, jsonText } from './dom.js';
+import { api, can, query } from './api.js';
+import { h, table, errorBox, showError, busy, onLoadMore, when, jsonText, replace } from './dom.js';
 import { filterForm, loadFirstPage, paramsObject } from './filters.js';
 
 const FILTERS = ['status', 'event', 'from', 'to'];
@@ -38,30 +38,60 @@ export async function webhooksScreen(params) {
   return h('section', {}, h('h1', {}, 'Webhook log'), form, error, body, more);
 }
 
+/**
+ * Whether the API would re-run this attempt (README, "Staff webhook log"): one whose signature was
+ * verified and that took no effect, but never a refused withdrawal, which only the platform may
+ * send again. Anything else answers 409, so it is not offered.
+ */
+function canReprocess(e) {
+  return ['current', 'previous'].includes(e.signature)
+    && e.event !== 'withdrawal.completed'
+    && ['failed', 'rejected', 'conflict'].includes(e.status);
+}
+
 /** One received webhook: its metadata, the raw body exactly as received, and re-processing. */
 export async function webhookScreen(id) {
   const path = `/api/webhooks/${encodeURIComponent(id)}`;
   const event = await api('GET', path);
-  const { rawBody, ...meta } = event;
-  const result = h('p', { class: 'notice', role: 'status', hidden: true });
+  const meta = h('dl', { class: 'pairs card', id: 'webhook-meta' });
+  renderMeta(meta, event);
+  const result = h('p', { class: 'notice', role: 'status', id: 'reprocess-result', hidden: true });
   const error = errorBox();
-  const reprocess = h('button', { type: 'button', class: 'primary', id: 'reprocess' }, 'Re-process');
-  reprocess.addEventListener('click', () => busy(reprocess, async () => {
-    showError(error, '');
-    result.hidden = true;
-    try {
-      const res = await api('POST', `${path}/reprocess`);
-      result.textContent = `Re-processed: ${jsonText(res)}`;
-      result.hidden = false;
-    } catch (e) {
-      showError(error, e.message);
-    }
-  }));
+  let reprocess = null;
+  if (can('reprocess') && canReprocess(event)) {
+    reprocess = h('button', { type: 'button', class: 'primary', id: 'reprocess' }, 'Re-process');
+    reprocess.addEventListener('click', () => busy(reprocess, async () => {
+      showError(error, '');
+      result.hidden = true;
+      try {
+        const res = await api('POST', `${path}/reprocess`);
+        showResult(result, res.attempt);
+        // The original is stamped with this run (reprocessedAt, reprocessedBy): show it so.
+        renderMeta(meta, await api('GET', path));
+      } catch (e) {
+        showError(error, e.message);
+      }
+    }));
+  }
   return h('section', {},
     h('p', {}, h('a', { href: '#/webhooks' }, '← Webhook log')),
     h('h1', {}, 'Webhook event'),
-    h('dl', { class: 'pairs card' }, Object.entries(meta).map(([k, v]) => [h('dt', {}, k), h('dd', {}, jsonText(v))])),
+    meta,
     h('h2', {}, 'Raw body'),
-    h('pre', { class: 'raw', id: 'raw-body' }, rawBody ?? ''),
+    h('pre', { class: 'raw', id: 'raw-body' }, event.rawBody ?? ''),
     h('div', { class: 'actions' }, reprocess, result, error));
+}
+
+function renderMeta(dl, event) {
+  const { rawBody, ...fields } = event;
+  replace(dl, Object.entries(fields).map(([k, v]) => [h('dt', {}, k), h('dd', {}, jsonText(v))]));
+}
+
+/** A re-run's outcome in words, with a link to the new attempt it recorded. */
+function showResult(box, attempt) {
+  const why = attempt.error ? `: ${attempt.error}` : '.';
+  replace(box,
+    `Re-processed as a new attempt, which was ${attempt.status} (HTTP ${attempt.httpStatus})${why} `,
+    h('a', { href: `#/webhooks/${encodeURIComponent(attempt.id)}` }, 'Open the new attempt'));
+  box.hidden = false;
 }
