@@ -961,3 +961,18 @@ async fn re_process_is_offered_only_where_it_can_run_and_its_outcome_reads_as_wo
     let meta = b.text("#webhook-meta").await;
     assert!(meta.contains("reprocessedBystaff:admin@crm.local"), "{meta}");
 }
+
+#[tokio::test]
+async fn managers_read_the_webhook_log_and_are_not_offered_re_processing() {
+    let app = spawn_app();
+    let admin = app.admin_token().await;
+    let body = json!({ "email": "manager@crm.local", "name": "Manager", "role": "manager", "password": "manager-password-123" });
+    assert_eq!(app.staff(Method::POST, "/api/staff", &admin, Some(body)).await.0, 201);
+    assert_eq!(app.deposit("nobody@example.com", "5", "TX-NOBODY").await.0, 404);
+    let Some(b) = Browser::start().await else { return };
+    log_in(&b, &app.base, "manager@crm.local", "manager-password-123").await;
+    b.click("#nav a[data-nav=webhooks]").await;
+    open_webhook(&b, &app, "status=failed").await;
+    b.wait_for_text("deposit.completed").await;
+    assert!(!b.exists("#reprocess").await, "re-processing is for admins");
+}

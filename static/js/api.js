@@ -63,11 +63,11 @@ export function can(action) {
   switch (action) {
     case 'changeKyc':
     case 'audit':
+    case 'webhooks': // the log, to read
       return role === 'admin' || role === 'manager';
     case 'money': // balances, leverage, subaccounts
     case 'impersonate':
     case 'reprocess':
-    case 'webhooks':
     case 'staff':
       return role === 'admin';
     default:
