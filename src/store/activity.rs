@@ -172,7 +172,13 @@ fn ledger(conn: &Connection, seq: i64) -> StoreResult<(String, Value)> {
         "withdrawal" => "Withdrawal",
         _ => "Balance adjustment",
     };
-    let summary = format!("{what} of {amount} {currency} ({fund} funds), balance {after}");
+    // The word says which way the money went: "Withdrawal of -10.10" would read as money back.
+    let size = if reason == "withdrawal" {
+        money(-amount.atoms())?
+    } else {
+        amount
+    };
+    let summary = format!("{what} of {size} {currency} ({fund} funds), balance {after}");
     let details = json!({
         "entryId": id, "accountId": account_id, "fundType": fund, "amount": amount,
         "balanceAfter": after, "currency": currency, "reason": reason, "notes": notes,

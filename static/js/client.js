@@ -408,17 +408,6 @@ function renderNotes(el, ctx) {
   load();
 }
 
-/**
- * The API's line for an item, except a withdrawal's: its ledger amount is negative, and
- * "Withdrawal of -10.10 USD" reads as money coming back. The word says which way it went.
- */
-function activitySummary(a) {
-  const d = a.details || {};
-  if (a.type !== 'ledger' || d.reason !== 'withdrawal') return a.summary;
-  const amount = String(d.amount).replace(/^-/, '');
-  return `Withdrawal of ${amount} ${d.currency} (${d.fundType} funds), balance ${d.balanceAfter}`;
-}
-
 function renderActivity(el, ctx) {
   const list = h('ol', { class: 'timeline', id: 'activity-list' });
   const error = errorBox();
@@ -433,7 +422,7 @@ function renderActivity(el, ctx) {
         const details = jsonText(a.details);
         list.appendChild(h('li', {},
           h('div', {}, h('span', { class: 'badge' }, a.type), ' ', h('time', { datetime: a.at }, when(a.at))),
-          h('div', { class: 'summary' }, activitySummary(a)),
+          h('div', { class: 'summary' }, a.summary),
           details ? h('details', {}, h('summary', {}, 'Details'), h('pre', {}, details)) : null));
       }
       if (!list.children.length) list.appendChild(h('li', { class: 'empty' }, 'No activity yet.'));
