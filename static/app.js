@@ -100,7 +100,10 @@ function onLogin() {
   location.hash = session.takeRoute() || '#/clients';
 }
 
-function logout() {
+async function logout() {
+  // The session ends on the server too, so a copy of the token is worth nothing afterwards (a
+  // failure to say so, offline say, still signs this tab out).
+  await api('POST', '/api/auth/logout').catch(() => {});
   // Everything this tab kept goes: the token, a route to return to, unsent drafts. The next
   // person at this screen starts afresh.
   sessionStorage.clear();

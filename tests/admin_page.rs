@@ -485,13 +485,18 @@ async fn staff_run_the_crm_from_a_browser_and_each_role_sees_only_what_it_may_do
         "agents still read balances"
     );
 
-    // Logging out forgets the token.
+    // Logging out forgets the token, and ends the session on the server: a copy is worthless.
+    let token = b.js("return sessionStorage.getItem('crm.token')", vec![]).await;
     b.click("#logout").await;
     b.find("#login-form").await;
     assert_eq!(
         b.js("return sessionStorage.getItem('crm.token')", vec![]).await,
         Value::Null
     );
+    let (status, _) = app
+        .staff(Method::GET, "/api/auth/me", token.as_str().unwrap(), None)
+        .await;
+    assert_eq!(status, 401, "the token from before Log out");
     b.client.clone().close().await.unwrap();
 }
 
@@ -748,6 +753,25 @@ async fn after_logging_in_staff_return_to_where_they_were_with_what_they_had_typ
         )
         .await;
     assert_eq!(typed, json!(["Half a thought", "Passport seen"]));
+
+    // Someone else logging in at that tab after it ends does not get this page or this text.
+    let admin = app.admin_token().await;
+    let body =
+        json!({ "email": "next@broker.example", "name": "Next", "role": "admin", "password": "another-long-password" });
+    assert_eq!(app.staff(Method::POST, "/api/staff", &admin, Some(body)).await.0, 201);
+    b.type_into("#note-form textarea", "Not for the next person").await;
+    b.js("sessionStorage.setItem('crm.token', 'expired')", vec![]).await;
+    b.click("#note-form button[type=submit]").await;
+    b.find("#login-form").await;
+    log_in_here(&b, "next@broker.example", "another-long-password").await;
+    b.find("form[role=search]").await;
+    assert_eq!(b.js("return location.hash", vec![]).await, json!("#/clients"));
+    b.goto(&app.url(&format!("/#/clients/{client_id}"))).await;
+    b.find("#note-form").await;
+    let typed = b
+        .js("return document.querySelector('#note-form textarea').value", vec![])
+        .await;
+    assert_eq!(typed, json!(""));
 }
 
 #[tokio::test]

@@ -1,10 +1,14 @@
 // Talking to the staff API. The bearer token lives in sessionStorage only (never a cookie, never
 // a URL), so it dies with the tab and is never sent anywhere the page does not send it itself.
 
+import { DRAFT_PREFIX } from './dom.js';
+
 const TOKEN_KEY = 'crm.token';
 const USER_KEY = 'crm.user';
 const FLASH_KEY = 'crm.flash';
 const ROUTE_KEY = 'crm.route';
+/** Who last logged in at this tab: the work kept for the next login (a route, drafts) is theirs. */
+const OWNER_KEY = 'crm.owner';
 
 export class ApiError extends Error {
   constructor(status, message) {
@@ -30,6 +34,11 @@ export const session = {
     }
   },
   save(token, user) {
+    // Someone else logging in at a tab whose session ended does not get the last person's page
+    // or unsent text.
+    const owner = sessionStorage.getItem(OWNER_KEY);
+    if (owner !== null && owner !== user.id) forgetWork();
+    sessionStorage.setItem(OWNER_KEY, user.id);
     sessionStorage.removeItem(FLASH_KEY);
     sessionStorage.setItem(TOKEN_KEY, token);
     sessionStorage.setItem(USER_KEY, JSON.stringify(user));
@@ -56,6 +65,13 @@ export const session = {
     sessionStorage.removeItem(USER_KEY);
   },
 };
+
+/** Drops the route and the drafts kept for the next login. */
+function forgetWork() {
+  for (const key of Object.keys(sessionStorage)) {
+    if (key === ROUTE_KEY || key.startsWith(DRAFT_PREFIX)) sessionStorage.removeItem(key);
+  }
+}
 
 /** What each role may do; the page offers nothing the API would refuse. */
 export function can(action) {

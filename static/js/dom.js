@@ -51,12 +51,15 @@ function uid(base) {
   return `f-${String(base).toLowerCase().replace(/[^a-z0-9]+/g, '-')}-${counter}`;
 }
 
+/** Where drafts are kept in sessionStorage (see `keepDraft`). */
+export const DRAFT_PREFIX = 'crm.draft.';
+
 /**
  * Keeps what is typed into `input` in sessionStorage until the returned function forgets it, so
  * a session that ends mid-sentence loses nothing: after the login the page comes back with it.
  */
 export function keepDraft(input, key) {
-  const name = `crm.draft.${key}`;
+  const name = `${DRAFT_PREFIX}${key}`;
   const saved = sessionStorage.getItem(name);
   if (saved !== null) input.value = saved;
   input.addEventListener('input', () => sessionStorage.setItem(name, input.value));
