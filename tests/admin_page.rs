@@ -267,7 +267,8 @@ async fn staff_run_the_crm_from_a_browser_and_each_role_sees_only_what_it_may_do
     let cell = |key: &str| format!(".bal-{key}[data-account='{primary}']");
     adjust(&b, "real", "100.00", "0.00", "100.00").await;
     b.wait_text(&cell("realBalance"), "100.00").await;
-    adjust(&b, "demo", "250.5", "0.00", "250.50").await;
+    // A plus sign is a credit, as the guide says ("positive = credit").
+    adjust(&b, "demo", "+250.5", "0.00", "250.50").await;
     b.wait_text(&cell("demoBalance"), "250.50").await;
     adjust(&b, "bonus", "0.12345678", "0.00", "0.12345678").await;
     b.wait_text(&cell("bonusBalance"), "0.12345678").await;

@@ -2,7 +2,7 @@
 // BigInt, exactly as the server stores them, so no float ever touches a balance.
 
 const DECIMALS = 8;
-const PATTERN = /^(-?)(\d+)(?:\.(\d{1,8}))?$/;
+const PATTERN = /^([-+]?)(\d+)(?:\.(\d{1,8}))?$/;
 
 /** "100.5" -> 10050000000n; null if the text is not a plain decimal with at most 8 places. */
 export function parseMoney(text) {
