@@ -159,11 +159,12 @@ async fn acknowledged_deposits_survive_sigkill_and_a_full_resend_applies_each_ex
 }
 
 /// When the WAL can no longer be synced (here: its file replaced under the running CRM, which
-/// goes on writing to the one it opened), no write is acknowledged any more, not even after the
-/// file is back, and the health check says so: only a restart, and SQLite's recovery from what
-/// reached the disk, decide what was written.
+/// goes on writing to the one it opened), nothing is served from the database any more, not even
+/// after the file is back, and the health check says so. The system may still show data that
+/// never reached the disk (README, Durability): no command opens the database again until the
+/// machine has rebooted and `crm verify` has passed.
 #[tokio::test]
-async fn once_a_wal_sync_fails_no_write_is_acknowledged_and_health_fails() {
+async fn once_a_wal_sync_fails_nothing_is_served_until_a_reboot_and_a_verify() {
     let app = spawn_app();
     app.register("sync@example.com").await;
     assert_eq!(app.deposit("sync@example.com", "1", "SYNC-1").await.0, 200);
@@ -180,4 +181,45 @@ async fn once_a_wal_sync_fails_no_write_is_acknowledged_and_health_fails() {
     assert_eq!(status, 500, "still refused once the file is back: {body}");
     let (status, body) = app.get("/healthz").await;
     assert_eq!(status, 503, "{body}");
+    let (status, body) = app
+        .service(reqwest::Method::GET, "/api/service/clients/sync@example.com", None)
+        .await;
+    assert_eq!(
+        status, 500,
+        "reads too: they could show what its caller was told failed: {body}"
+    );
+
+    let marker = app.dir.path().join("crm.db-write-failed");
+    let written = std::fs::read_to_string(&marker).unwrap();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert!(written.contains(&format!("boot_id={}", boot.trim())), "{written}");
+    let mut app = app;
+    app.terminate();
+    // In the same boot, nothing opens the database.
+    for command in [&["serve"][..], &["verify"], &["backup"], &["user", "list"]] {
+        let out = app.crm(command);
+        assert!(!out.status.success(), "{command:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("has not been rebooted"), "{command:?}: {stderr}");
+    }
+    // After a reboot, `crm verify` first; its pass removes the marker.
+    std::fs::write(&marker, written.replace(boot.trim(), "another-boot")).unwrap();
+    let out = app.crm(&["serve"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("run `crm verify`"),
+        "{out:?}"
+    );
+    let out = app.crm(&["verify"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!marker.exists());
+    let restarted = spawn_with(Spawn {
+        dir: Some(app.stop()),
+        ..Spawn::default()
+    });
+    let books = deposits_on_the_books(&restarted, &restarted.account_id("sync@example.com"));
+    assert!(
+        books.contains_key("SYNC-1") && !books.contains_key("SYNC-3"),
+        "{books:?}"
+    );
+    restarted.assert_books_balance();
 }

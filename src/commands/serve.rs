@@ -18,6 +18,7 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
     // refused one tells the platform at once to retry.
     let cannot_listen = || format!("cannot listen on {}", settings.listen);
     drop(std::net::TcpListener::bind(settings.listen).with_context(cannot_listen)?);
+    crate::store::durability::require_verified(&settings.database)?;
     // Unsafe secrets stop start-up before the database is created, too.
     let (secrets, generated) = resolve_secrets(settings)?;
     let db = Db::open(&settings.database)?;
@@ -91,6 +92,10 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
 /// then the WAL is left in place, said loudly: it must stay beside `crm.db`.
 fn fold_wal(db: &Db) {
     const PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+    if db.sync_failed() {
+        // Said at the failure; folding would copy what may not be on the disk (see durability).
+        return;
+    }
     let started = std::time::Instant::now();
     loop {
         match db.checkpoint_fully() {

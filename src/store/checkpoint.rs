@@ -28,6 +28,8 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
+use super::durability::Durability;
+
 /// Short, so each pass copies, and the sync after it writes, only a few megabytes (a longer
 /// pause copies a page written many times once instead of a few times, but its writes then reach
 /// the disk in bursts that the WAL's syncs, and so the answers to deposits, wait behind).
@@ -53,7 +55,11 @@ impl Nudge {
 }
 
 /// Starts the thread on its own connection to `path`. It ends when every [`Nudge`] is gone.
-pub fn spawn(path: &Path, writer: Arc<Mutex<Connection>>) -> anyhow::Result<(Nudge, JoinHandle<()>)> {
+pub fn spawn(
+    path: &Path,
+    writer: Arc<Mutex<Connection>>,
+    durability: Arc<Durability>,
+) -> anyhow::Result<(Nudge, JoinHandle<()>)> {
     let conn = Connection::open(path)?;
     super::configure(&conn)?;
     let database = File::open(path)?;
@@ -62,10 +68,19 @@ pub fn spawn(path: &Path, writer: Arc<Mutex<Connection>>) -> anyhow::Result<(Nud
         .name("crm-checkpoint".into())
         .spawn(move || {
             while nudged.recv().is_ok() {
-                // A failure (the disk is full, a backup holds a lock) leaves the WAL to grow until the
-                // next try; every committed transaction is already durable in it.
-                if let Err(e) = checkpoint(&conn, &database, &writer) {
-                    tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+                // After a failed write, copying the WAL into the database file would spread what
+                // may never have reached the disk (see `durability`).
+                if durability.has_failed() {
+                    continue;
+                }
+                match checkpoint(&conn, &database, &writer) {
+                    Ok(()) => {}
+                    // The copied pages may be lost while the WAL, the next pass finding the
+                    // database file "synced", starts over without them.
+                    Err(Failed::Write(e)) => durability.fail("writing the database file", &e),
+                    // The disk is full, or a backup holds a lock: the WAL grows until the next
+                    // try, and every committed transaction is already durable in it.
+                    Err(Failed::Retry(e)) => tracing::warn!(error = %e, "WAL checkpoint failed; will retry"),
                 }
                 std::thread::sleep(INTERVAL);
             }
@@ -75,14 +90,30 @@ pub fn spawn(path: &Path, writer: Arc<Mutex<Connection>>) -> anyhow::Result<(Nud
 
 /// One pass and the sync of what it copied; past [`RESET_FRAMES`], one more pass between two
 /// of the writer's batches, so that the WAL starts over.
-fn checkpoint(conn: &Connection, database: &File, writer: &Mutex<Connection>) -> anyhow::Result<()> {
+fn checkpoint(conn: &Connection, database: &File, writer: &Mutex<Connection>) -> Result<(), Failed> {
     let wal_frames = passive(conn)?;
-    database.sync_data()?;
+    database.sync_data().map_err(|e| Failed::Write(e.into()))?;
     if wal_frames > RESET_FRAMES {
         let _between_batches = writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         passive(conn)?;
     }
     Ok(())
+}
+
+/// Why a checkpoint did not finish: a write the disk refused (SQLite's I/O error, a failed sync),
+/// or something that passes (the disk is full: nothing was written; a lock).
+enum Failed {
+    Write(anyhow::Error),
+    Retry(anyhow::Error),
+}
+
+impl From<rusqlite::Error> for Failed {
+    fn from(e: rusqlite::Error) -> Failed {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::SystemIoFailure) => Failed::Write(e.into()),
+            _ => Failed::Retry(e.into()),
+        }
+    }
 }
 
 /// One passive checkpoint; returns how many frames the WAL holds.

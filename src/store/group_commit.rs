@@ -22,6 +22,7 @@ use std::thread::JoinHandle;
 use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
 
 use super::checkpoint::Nudge;
+use super::durability::Durability;
 use super::wal_file::WalFile;
 use super::{StoreError, StoreResult};
 
@@ -73,6 +74,7 @@ struct Committed {
 pub fn spawn(
     conn: Arc<Mutex<Connection>>,
     wal: Arc<WalFile>,
+    durability: Arc<Durability>,
     checkpoint: Nudge,
 ) -> std::io::Result<(Queue, [JoinHandle<()>; 2])> {
     let (sender, receiver) = mpsc::channel::<Box<dyn Job>>();
@@ -105,6 +107,14 @@ pub fn spawn(
                     Ok(job) => jobs.push(job),
                     Err(_) => break,
                 }
+            }
+            if durability.has_failed() {
+                // Nothing more is committed on pages that may not be on the disk.
+                for mut job in jobs {
+                    job.refuse(durability.refusal());
+                    job.settle(None);
+                }
+                continue;
             }
             let outcome = {
                 let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod audit_index;
 mod checkpoint;
 pub mod clients;
+pub mod durability;
 mod group_commit;
 pub mod idempotency;
 pub mod notes;
@@ -118,6 +119,7 @@ pub struct Db {
     jobs: group_commit::Queue,
     checkpoint: checkpoint::Nudge,
     wal: Arc<wal_file::WalFile>,
+    durability: Arc<durability::Durability>,
     path: Arc<PathBuf>,
     /// The writer, sync and checkpoint threads, for [`Db::close`].
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
@@ -141,6 +143,8 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 impl Db {
     /// Opens (creating if needed) the database at `path` and applies pending migrations.
     pub fn open(path: &Path) -> anyhow::Result<Db> {
+        // Not while the system may show data that a failed write never put on the disk.
+        durability::marker(path)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             private_dir(dir).with_context(|| format!("cannot create the database folder {}", dir.display()))?;
         }
@@ -165,19 +169,25 @@ impl Db {
         // and the writer's commits are made durable by syncing the WAL after them (see `wal_file`).
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
         writer.pragma_update(None, "synchronous", "NORMAL")?;
-        let wal = Arc::new(wal_file::WalFile::open(&writer, path).context("cannot open the database's WAL file")?);
+        let durability = Arc::new(durability::Durability::new(path));
+        let wal = Arc::new(
+            wal_file::WalFile::open(&writer, path, durability.clone())
+                .context("cannot open the database's WAL file")?,
+        );
         writer.pragma_update(None, "journal_size_limit", checkpoint::WAL_SIZE_LIMIT)?;
         let writer = Arc::new(Mutex::new(writer));
-        let (checkpoint, checkpointer) =
-            checkpoint::spawn(path, writer.clone()).context("cannot start the checkpoint thread")?;
-        let (jobs, [writer_thread, sync_thread]) = group_commit::spawn(writer.clone(), wal.clone(), checkpoint.clone())
-            .context("cannot start the database writer")?;
+        let (checkpoint, checkpointer) = checkpoint::spawn(path, writer.clone(), durability.clone())
+            .context("cannot start the checkpoint thread")?;
+        let (jobs, [writer_thread, sync_thread]) =
+            group_commit::spawn(writer.clone(), wal.clone(), durability.clone(), checkpoint.clone())
+                .context("cannot start the database writer")?;
         Ok(Db {
             readers,
             writer,
             jobs,
             checkpoint,
             wal,
+            durability,
             path: Arc::new(path.to_path_buf()),
             threads: Arc::new(Mutex::new(vec![writer_thread, sync_thread, checkpointer])),
         })
@@ -187,10 +197,10 @@ impl Db {
         &self.path
     }
 
-    /// Whether a sync of the WAL has failed since start-up: writes can no longer be made durable
-    /// and fail until the CRM is restarted (see `WalFile::sync`).
+    /// Whether a write to the disk has failed since start-up: nothing is served from the database
+    /// any more (see [`durability`]).
     pub fn sync_failed(&self) -> bool {
-        self.wal.has_failed()
+        self.durability.has_failed()
     }
 
     /// Reader pool size and idle connections, for `/metrics`.
@@ -267,6 +277,10 @@ impl Db {
     }
 
     pub fn read_sync<T>(&self, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
+        // It could show commits whose callers were told they failed.
+        if self.durability.has_failed() {
+            return Err(self.durability.refusal());
+        }
         let conn = self.readers.get().map_err(|e| StoreError::Other(e.into()))?;
         f(&conn)
     }
@@ -275,6 +289,10 @@ impl Db {
     /// is the whole database: a copy of `crm.db` taken while the CRM is stopped is complete.
     /// Waits for a write in progress; run it when no more writes are coming.
     pub fn checkpoint_fully(&self) -> StoreResult<()> {
+        // It would copy into the database file what may never have reached the disk.
+        if self.durability.has_failed() {
+            return Err(self.durability.refusal());
+        }
         let conn = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
         if busy != 0 {
@@ -296,12 +314,13 @@ impl Db {
             jobs,
             checkpoint,
             wal,
+            durability,
             path: _,
             threads,
         } = self;
         let threads = Arc::try_unwrap(threads)
             .map_err(|_| StoreError::Other(anyhow::anyhow!("another handle of the database is still open")))?;
-        drop((readers, jobs, checkpoint, wal));
+        drop((readers, jobs, checkpoint, wal, durability));
         for thread in threads.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()) {
             thread
                 .join()
@@ -320,6 +339,9 @@ impl Db {
     pub fn write_sync<T>(&self, f: impl FnOnce(&Transaction) -> StoreResult<T>) -> StoreResult<T> {
         // A panic while holding the lock poisons it; the connection itself is still sound
         // because the unfinished transaction is rolled back when it is dropped.
+        if self.durability.has_failed() {
+            return Err(self.durability.refusal());
+        }
         let mut conn = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let value = f(&tx)?;

@@ -15,16 +15,17 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
+
+use super::durability::Durability;
 
 pub struct WalFile {
     path: PathBuf,
     file: Mutex<File>,
-    /// Set by the first sync that failed: every sync after it fails too (see [`WalFile::sync`]).
-    failed: AtomicBool,
+    /// Failed by the first sync that failed: every sync after it fails too (see [`WalFile::sync`]).
+    durability: Arc<Durability>,
 }
 
 impl WalFile {
@@ -32,7 +33,7 @@ impl WalFile {
     /// itself put it: by the database's path as SQLite resolved it, so a database reached through
     /// a symbolic link has its WAL beside the real file, not beside the link. SQLite's path is
     /// text; for a path that is not UTF-8 the one given is resolved the same way instead.
-    pub fn open(conn: &Connection, opened: &Path) -> io::Result<WalFile> {
+    pub fn open(conn: &Connection, opened: &Path, durability: Arc<Durability>) -> io::Result<WalFile> {
         let database = match conn.path().filter(|p| !p.is_empty()) {
             Some(resolved) => PathBuf::from(resolved),
             None => opened.canonicalize()?,
@@ -44,36 +45,28 @@ impl WalFile {
         Ok(WalFile {
             path,
             file: Mutex::new(file),
-            failed: AtomicBool::new(false),
+            durability,
         })
     }
 
     /// Makes everything written to the WAL so far durable.
     ///
-    /// Once a sync has failed, every later one fails too, until the CRM is restarted: the kernel
-    /// may have dropped the pages it could not write and reports that only once, so a later
-    /// sync that succeeds would prove nothing about those commits, nor about the ones after them
-    /// (WAL recovery stops at the first frame missing). The writes waiting on it are answered
-    /// with an error, and on restart SQLite's recovery decides from what is on the disk. A WAL
-    /// file replaced or deleted under the running CRM fails the same way: SQLite goes on
+    /// Once a sync has failed, every later one fails too: the kernel may have kept the pages it
+    /// could not write in its cache, and reports that only once, so a later sync that succeeds
+    /// would prove nothing about those commits, nor about the ones after them (see
+    /// [`super::durability`]: what then). The writes waiting on it are answered with an error. A
+    /// WAL file replaced or deleted under the running CRM fails the same way: SQLite goes on
     /// writing to the file it opened, so syncing another one would prove nothing either.
     pub fn sync(&self) -> io::Result<()> {
-        if self.has_failed() {
-            return Err(io::Error::other(
-                "an earlier sync of the WAL failed: restart the CRM (SQLite recovers from what reached the disk)",
-            ));
+        if self.durability.has_failed() {
+            return Err(io::Error::other("an earlier write to the disk failed"));
         }
         let file = self.file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let synced = same_file(&file, &self.path).and_then(|()| file.sync_data());
-        if synced.is_err() {
-            self.failed.store(true, Ordering::SeqCst);
+        if let Err(e) = &synced {
+            self.durability.fail("syncing the WAL", e);
         }
         synced
-    }
-
-    /// Whether a sync has failed since the CRM started: its writes can no longer be made durable.
-    pub fn has_failed(&self) -> bool {
-        self.failed.load(Ordering::SeqCst)
     }
 }
 
@@ -90,6 +83,10 @@ fn same_file(file: &File, path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn durability(dir: &Path) -> Arc<Durability> {
+        Arc::new(Durability::new(&dir.join("crm.db")))
+    }
 
     fn wal_mode(path: &std::path::Path) -> Connection {
         let conn = Connection::open(path).unwrap();
@@ -111,7 +108,7 @@ mod tests {
         std::os::unix::fs::symlink(real.join("crm.db"), link.join("crm.db")).unwrap();
         std::fs::write(link.join("crm.db-wal"), b"stray").unwrap();
         let conn = wal_mode(&link.join("crm.db"));
-        let wal = WalFile::open(&conn, &link.join("crm.db")).unwrap();
+        let wal = WalFile::open(&conn, &link.join("crm.db"), durability(&link)).unwrap();
         let synced = std::fs::metadata(&wal.path).unwrap().ino();
         assert_eq!(synced, std::fs::metadata(real.join("crm.db-wal")).unwrap().ino());
         wal.sync().unwrap();
@@ -124,7 +121,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9.db"));
         let conn = wal_mode(&db);
-        let wal = WalFile::open(&conn, &db).unwrap();
+        let wal = WalFile::open(&conn, &db, durability(dir.path())).unwrap();
         wal.sync().unwrap();
     }
 
@@ -135,14 +132,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("t.db");
         let conn = wal_mode(&db);
-        let wal = WalFile::open(&conn, &db).unwrap();
+        let durability = durability(dir.path());
+        let wal = WalFile::open(&conn, &db, durability.clone()).unwrap();
         wal.sync().unwrap();
         let wal_path = dir.path().join("t.db-wal");
         let moved = dir.path().join("moved");
         std::fs::rename(&wal_path, &moved).unwrap();
         std::fs::write(&wal_path, b"another file").unwrap();
         assert!(wal.sync().is_err(), "a replaced WAL");
-        assert!(wal.has_failed());
+        assert!(durability.has_failed());
         std::fs::rename(&moved, &wal_path).unwrap();
         assert!(wal.sync().is_err(), "still failed once the file is back");
     }
