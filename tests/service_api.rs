@@ -807,11 +807,16 @@ async fn the_timeline_lists_every_kind_of_activity_newest_first() {
         .staff(Method::PATCH, &leverage, &admin, Some(json!({ "leverage": 200 })))
         .await;
     assert_eq!(status, 200);
-    // A refused change is in the audit log, not in the client's history.
+    // A refused change, or one to the leverage it has, is in the audit log, not in the client's
+    // history.
     let (status, _) = app
         .staff(Method::PATCH, &leverage, &admin, Some(json!({ "leverage": 0 })))
         .await;
     assert_eq!(status, 400);
+    let (status, _) = app
+        .staff(Method::PATCH, &leverage, &admin, Some(json!({ "leverage": 200 })))
+        .await;
+    assert_eq!(status, 200);
     // Someone else's activity never shows.
     let other = seed_client(&db, "other@example.com");
     seed_credit(&db, &other.account_id, FundType::Real, "5");
