@@ -387,14 +387,15 @@ fn check_secret(name: &str, value: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// The guide's placeholders pasted as they are: `<your-generated-webhook-secret>`,
-/// `https://trading.yourcompany.com` (only their shapes: a real secret may hold `<`, a real
-/// address `your-`).
+/// The guide's and `crm.toml.example`'s placeholders pasted as they are:
+/// `<your-generated-webhook-secret>`, `<64 hex characters>`, `https://trading.yourcompany.com`
+/// (only their shapes: a real secret may hold `<`, a real address `your-`).
 pub fn is_placeholder(value: &str) -> bool {
-    let lower = value.to_ascii_lowercase();
-    ["<your-", "<same-as-", "://trading.yourcompany.com"]
-        .iter()
-        .any(|shape| lower.contains(shape))
+    let lower = value.trim().trim_matches(['"', '\'']).to_ascii_lowercase();
+    (lower.starts_with('<') && lower.ends_with('>'))
+        || ["<your-", "<same-as-", "://trading.yourcompany.com"]
+            .iter()
+            .any(|shape| lower.contains(shape))
 }
 
 /// Every secret the server needs, resolved.

@@ -530,11 +530,12 @@ fn a_port_in_use_stops_start_up_before_anything_is_created() {
     assert!(!dir.path().join("crm.db").exists());
 }
 
-/// The guide's placeholder text is known to everyone who read the guide, and a secret used for
-/// two purposes lets the platform (which holds `SSO_SECRET` and `SERVICE_API_TOKEN`) sign staff
-/// sessions: either stops start-up before anything is created, naming the keys, not the values.
+/// The guide's (and `crm.toml.example`'s) placeholder text is known to everyone who read it, a
+/// secret used for two purposes lets the platform (which holds `SSO_SECRET` and
+/// `SERVICE_API_TOKEN`) sign staff sessions, and the guide's example platform address is someone
+/// else's domain: each stops start-up before anything is created, naming the keys, not the values.
 #[tokio::test]
-async fn placeholder_or_shared_secrets_stop_start_up_before_anything_is_created() {
+async fn placeholders_or_shared_secrets_stop_start_up_before_anything_is_created() {
     let shared = random_hex();
     for (env, expected) in [
         (
@@ -551,6 +552,14 @@ async fn placeholder_or_shared_secrets_stop_start_up_before_anything_is_created(
                 ("JWT_SECRET_PREVIOUS", shared.clone()),
             ],
             "SERVICE_API_TOKEN and JWT_SECRET_PREVIOUS are the same value",
+        ),
+        (
+            vec![("JWT_SECRET", "<64 hex characters>".to_string())],
+            "JWT_SECRET is the guide's placeholder text",
+        ),
+        (
+            vec![("TRADING_PLATFORM_URL", "https://trading.yourcompany.com".to_string())],
+            "TRADING_PLATFORM_URL is the guide's example",
         ),
     ] {
         let dir = tempfile::tempdir().unwrap();
@@ -573,7 +582,8 @@ async fn placeholder_or_shared_secrets_stop_start_up_before_anything_is_created(
             "{expected}: nothing created"
         );
     }
-    // The same value as a secret's own previous one is only pointless: doctor says so.
+    // The same value as a secret's own previous one gives nobody else anything: it starts (and
+    // `crm doctor` reports it).
     let secrets = Secrets::generate();
     let previous = secrets.webhook.clone();
     let app = spawn_with(

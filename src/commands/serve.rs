@@ -19,6 +19,14 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
     let cannot_listen = || format!("cannot listen on {}", settings.listen);
     drop(std::net::TcpListener::bind(settings.listen).with_context(cannot_listen)?);
     crate::store::durability::require_verified(&settings.database)?;
+    // Like unsafe secrets, this stops start-up before the database is created.
+    if crate::config::is_placeholder(&settings.trading_platform_url) {
+        anyhow::bail!(
+            "TRADING_PLATFORM_URL is the guide's example {}: impersonation would hand SSO tokens to a domain \
+             someone else owns. Set it to the trading platform's https:// address",
+            settings.trading_platform_url
+        );
+    }
     // Unsafe secrets stop start-up before the database is created, too.
     let (secrets, generated) = resolve_secrets(settings)?;
     let db = Db::open(&settings.database)?;

@@ -448,6 +448,8 @@ mod tests {
         );
         assert!(is_placeholder("<same-as-crm-webhook-secret>"));
         assert!(is_placeholder("https://trading.yourcompany.com"));
+        assert!(is_placeholder("<64 hex characters>"), "crm.toml.example's");
+        assert!(is_placeholder(" '<old value>' "));
         for real in [
             "https://trading.yourbroker.com",
             "https://trade.your-fx.com",
