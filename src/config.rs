@@ -156,8 +156,12 @@ impl Settings {
         // The guide's Step 2 names a `.env` file as a place for the secrets: one in the working
         // directory fills in what the environment does not set, as dotenv does.
         let dotenv = read_env_file(Path::new(DOTENV_FILE))?;
+        // An empty variable (docker-compose's `${VAR}` of an unset one) is unset here too.
         Settings::load_with(flags, &|name| {
-            std::env::var(name).ok().or_else(|| dotenv.get(name).cloned())
+            std::env::var(name)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .or_else(|| dotenv.get(name).cloned())
         })
     }
 
@@ -499,34 +503,45 @@ pub fn resolve_secrets(settings: &Settings) -> anyhow::Result<(Secrets, Vec<&'st
     Ok((secrets, generated))
 }
 
-/// Reads an env file (`secrets.env`, or a `.env` as the guide's Step 2 suggests): `KEY=VALUE`
-/// lines, optionally `export KEY=VALUE` and quoted values as shells and dotenv write them; blank
-/// lines and `#` comments are skipped. A file that does not exist holds nothing.
+/// Reads an env file (`secrets.env`, or a `.env` as the guide's Step 2 suggests) the way dotenv,
+/// the platform's Node tooling, reads one: `KEY=VALUE` lines, optionally `export KEY=VALUE`;
+/// blank lines and `#` comments skipped; a value inside matching quotes is taken as it is, and
+/// otherwise ends at a `#`. A file that does not exist holds nothing.
 pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
         Err(e) => return Err(err(format!("cannot read {}: {e}", path.display()))),
     };
-    Ok(text
+    Ok(parse_env(&text))
+}
+
+fn parse_env(text: &str) -> BTreeMap<String, String> {
+    // Editors on Windows save UTF-8 with a byte-order mark, which would become part of the first key.
+    text.trim_start_matches('\u{feff}')
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| l.strip_prefix("export ").unwrap_or(l))
         .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim().to_string(), unquote(v.trim()).to_string()))
+        .map(|(k, v)| (k.trim().to_string(), env_value(v.trim()).to_string()))
         .filter(|(_, v)| !v.is_empty())
-        .collect())
+        .collect()
 }
 
-/// A value as written in an env file: inside matching quotes, or up to a ` #` comment.
-fn unquote(value: &str) -> &str {
+/// A value as written in an env file: inside matching quotes (what follows the closing one, a
+/// comment, is dropped), or up to a `#`.
+fn env_value(value: &str) -> &str {
     for quote in ['"', '\''] {
-        if let Some(inner) = value.strip_prefix(quote).and_then(|v| v.strip_suffix(quote)) {
+        if let Some(inner) = value
+            .strip_prefix(quote)
+            .and_then(|v| v.split_once(quote))
+            .map(|(inner, _)| inner)
+        {
             return inner;
         }
     }
-    value.split_once(" #").map_or(value, |(v, _)| v.trim_end())
+    value.split('#').next().unwrap_or("").trim_end()
 }
 
 fn write_secrets_file(path: &Path, values: &BTreeMap<String, String>) -> anyhow::Result<()> {
@@ -704,6 +719,34 @@ mod tests {
     fn the_example_file_documents_only_real_keys() {
         let parsed: FileConfig = toml::from_str(include_str!("../crm.toml.example")).unwrap();
         assert_eq!(parsed.listen.as_deref(), Some(DEFAULT_LISTEN));
+    }
+
+    #[test]
+    fn env_files_read_as_dotenv_reads_them() {
+        let text = "\u{feff}FIRST=after a byte-order mark\r\n\
+                    # a comment\n\
+                    \n\
+                    export EXPORTED=1\n\
+                    DOUBLE=\"a b # not a comment\"  # a comment\n\
+                    SINGLE='x=y'\n\
+                    BARE=abc # a comment\n\
+                    HASH=abc#def\n\
+                    UNCLOSED=\"abc\n\
+                    EMPTY=\n\
+                    SPACED = v \n";
+        let parsed = parse_env(text);
+        let expected = [
+            ("BARE", "abc"),
+            ("DOUBLE", "a b # not a comment"),
+            ("EXPORTED", "1"),
+            ("FIRST", "after a byte-order mark"),
+            ("HASH", "abc"),
+            ("SINGLE", "x=y"),
+            ("SPACED", "v"),
+            ("UNCLOSED", "\"abc"),
+        ];
+        let got: Vec<(&str, &str)> = parsed.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(got, expected);
     }
 
     #[test]

@@ -57,7 +57,7 @@ async fn a_dot_env_file_in_the_working_directory_supplies_what_the_environment_d
         format!(
             "# CRM secrets (guide, Step 2)\n\
              JWT_SECRET={}\n\
-             export WEBHOOK_SECRET=\"{}\"\n\
+             export WEBHOOK_SECRET=\"{}\" # shared with the platform\n\
              SERVICE_API_TOKEN='{}'\n\
              SSO_SECRET={} # from crm secrets generate\n\
              TRADING_PLATFORM_URL=https://trading.test\n",
@@ -66,7 +66,9 @@ async fn a_dot_env_file_in_the_working_directory_supplies_what_the_environment_d
     )
     .unwrap();
     let mut cmd = crm_command(dir.path());
+    // An empty variable (docker-compose's `${VAR}` of an unset one) leaves the file's value.
     cmd.env("SERVICE_API_TOKEN", &overriding_token)
+        .env("WEBHOOK_SECRET", "")
         .args(["serve", "--listen", "127.0.0.1:0"]);
     let (mut child, lines) = start(cmd);
     let base = loop {

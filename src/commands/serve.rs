@@ -12,6 +12,9 @@ use crate::store::{audit_index, staff, Db};
 
 pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
     init_logging(settings.log_format)?;
+    if std::path::Path::new(crate::config::DOTENV_FILE).is_file() {
+        tracing::info!("settings the environment does not set are read from ./.env too");
+    }
     // A port in use stops start-up before anything is created or printed (a first run's admin
     // password, shown once, would otherwise be lost with the failed start). Only tried here:
     // held through a long migration, the port would take connections nobody answers, where a
