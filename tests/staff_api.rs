@@ -342,9 +342,9 @@ async fn the_guides_adjustment_examples_give_the_guides_balances() {
     let mut text = String::new();
     for body in steps {
         text = post_text(&app, &admin, &adjust_path(&c.account), Some(body)).await;
+        assert!(!text.contains("\"error\""), "{text}");
     }
     let last: Value = serde_json::from_str(&text).unwrap();
-    assert!(last["error"].is_null(), "{last}");
     let expected = [
         ("id", json!(c.account)),
         ("clientId", json!(c.id)),
@@ -382,6 +382,12 @@ async fn the_guides_adjustment_examples_give_the_guides_balances() {
         ],
         "the guide's fields in its order, then ours"
     );
+    // The same order wherever an account is shown (`Value` keeps it: serde_json's preserve_order).
+    let (_, detail) = app
+        .staff(Method::GET, &format!("/api/clients/{}", c.id), &admin, None)
+        .await;
+    let keys: Vec<&String> = detail["account"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, keys_in_order(&text).iter().collect::<Vec<_>>(), "{detail}");
 
     // The ledger explains every change, newest first, with the notes and the staff member.
     let (status, ledger) = app
