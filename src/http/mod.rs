@@ -159,7 +159,11 @@ pub fn resolve_client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) 
             break;
         }
         let hop = hop.trim();
-        let Some(ip) = hop
+        // Proxies write IPv6 bare, with a port (`[v6]:443`), in brackets alone (`[v6]`), or with
+        // a zone (`fe80::1%eth0`), which names no other client.
+        let bare = hop.trim_start_matches('[').trim_end_matches(']');
+        let bare = bare.split_once('%').map_or(bare, |(address, _zone)| address);
+        let Some(ip) = bare
             .parse::<IpAddr>()
             .ok()
             .or_else(|| hop.parse::<SocketAddr>().ok().map(|a| a.ip()))
@@ -322,6 +326,20 @@ mod tests {
                 &proxies[..],
                 "203.0.113.7",
                 "a port is dropped",
+            ),
+            (
+                "127.0.0.1",
+                vec!["[2001:db8::5]"],
+                &proxies[..],
+                "2001:db8::5",
+                "IPv6 in brackets without a port",
+            ),
+            (
+                "127.0.0.1",
+                vec!["2001:db8::7%eth0"],
+                &proxies[..],
+                "2001:db8::7",
+                "IPv6 with a zone",
             ),
             (
                 "::ffff:127.0.0.1",
