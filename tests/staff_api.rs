@@ -656,6 +656,10 @@ async fn each_fund_has_the_whole_range_so_play_money_never_blocks_real_money() {
     let over = json!({ "amount": "0.00000001", "fundType": "demo" });
     let (status, body) = adjust(&app, &admin, &c.account, over).await;
     assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["error"],
+        "the resulting demo balance would be out of range: the supported range is -10,000,000,000 to 10,000,000,000"
+    );
     app.assert_books_balance();
 }
 
@@ -1055,6 +1059,15 @@ async fn client_detail_notes_kyc_and_subaccounts_work_for_the_admin_page() {
         .staff(Method::POST, &format!("{base}/subaccounts"), &admin, None)
         .await;
     assert_eq!(status, 201, "no body asks for the defaults: {defaulted}");
+    let blank = app
+        .http
+        .post(app.url(&format!("{base}/subaccounts")))
+        .bearer_auth(&admin)
+        .body(" \n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(blank.status(), 201, "nor does a blank one, with no Content-Type");
     assert_eq!(
         (defaulted["currency"].as_str(), defaulted["leverage"].clone()),
         (Some("USD"), json!(100))
@@ -1076,7 +1089,7 @@ async fn client_detail_notes_kyc_and_subaccounts_work_for_the_admin_page() {
             .iter()
             .filter(|r| r.2 == "success")
             .count(),
-        2
+        3
     );
 
     let (status, detail) = app.staff(Method::GET, &base, &manager, None).await;
@@ -1085,7 +1098,7 @@ async fn client_detail_notes_kyc_and_subaccounts_work_for_the_admin_page() {
     assert_eq!(detail["client"]["kycStatus"], "approved");
     assert_eq!(detail["account"]["id"], json!(c.account));
     let subs = detail["subaccounts"].as_array().unwrap();
-    assert_eq!(subs.len(), 2);
+    assert_eq!(subs.len(), 3);
     assert_eq!(subs[0]["id"], sub["id"]);
 }
 

@@ -12,7 +12,7 @@ pub use email::Email;
 pub use enums::{FundType, KycStatus, Role};
 pub use ids::{new_uuid, AccountId, ClientId, StaffId};
 pub use leverage::Leverage;
-pub use money::Money;
+pub use money::{Money, OUT_OF_RANGE};
 
 /// The longest note or KYC remark, in characters, whichever surface it comes through (webhook,
 /// service API, admin page): text one of them accepted can always be sent back through another.

@@ -19,7 +19,8 @@ const DECIMALS: usize = 8;
 /// enough that three balances added together still fit in an i64 of hundred-millionths.
 const MAX_UNITS: i64 = 10_000_000_000;
 const MAX_ATOMS: i64 = MAX_UNITS * SCALE;
-const OUT_OF_RANGE: &str = "the supported range is -10,000,000,000 to 10,000,000,000";
+/// Said wherever an amount or a balance would leave the range.
+pub const OUT_OF_RANGE: &str = "the supported range is -10,000,000,000 to 10,000,000,000";
 
 impl Money {
     pub const ZERO: Money = Money(0);

@@ -215,9 +215,13 @@ pub fn apply_balance_change(
     }
     let account = get(conn, &change.account_id)?;
     let before = account.fund(change.fund);
-    let after = before
-        .checked_add(change.amount)
-        .ok_or_else(|| StoreError::Invalid("the resulting balance would be out of the supported range".into()))?;
+    let after = before.checked_add(change.amount).ok_or_else(|| {
+        StoreError::Invalid(format!(
+            "the resulting {} balance would be out of range: {}",
+            change.fund,
+            crate::domain::OUT_OF_RANGE
+        ))
+    })?;
     if after.is_negative() {
         return Err(StoreError::InsufficientFunds {
             fund: change.fund,
