@@ -309,6 +309,17 @@ async fn unsigned_webhook_floods_are_limited_per_address_and_signed_ones_still_p
     let retry: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
     assert_eq!(recorded(), 60);
+    // One too large, over the limit as well: its unread body leaves the connection unusable.
+    let resp = app
+        .http
+        .post(app.url("/api/webhooks/site"))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 2 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    assert_eq!(resp.headers()["connection"], "close");
     // The first refusal of the minute is audited; the other one was not written, and is counted
     // into the address's next such entry rather than lost.
     let limited: Vec<(String, String)> = app

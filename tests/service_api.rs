@@ -723,6 +723,15 @@ async fn a_client_email_is_matched_in_any_case_and_shown_as_the_platform_sent_it
         .query_row("SELECT COUNT(*) FROM clients", [], |r| r.get(0))
         .unwrap();
     assert_eq!(count, 1);
+    // A clash names the address as it was sent.
+    let clash = json!({ "event": "client.registered", "timestamp": "2025-10-13T19:00:01Z",
+        "data": { "clientId": "MC2", "email": "MIXED.case@example.com" } });
+    let (status, body) = app.post_webhook(&clash).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(
+        body["error"],
+        "MIXED.case@example.com is already registered under another clientId"
+    );
 
     let admin = app.admin_token().await;
     let id = client["id"].as_str().unwrap();

@@ -36,7 +36,8 @@ pub fn json(
                 .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
             // A body refused already (413, 408) keeps its own answer; no body at all (a request
             // that takes the defaults) has nothing to declare.
-            if is_json || body.as_ref().map_or(true, Bytes::is_empty) {
+            let no_body = |b: &Bytes| b.iter().all(u8::is_ascii_whitespace);
+            if is_json || body.as_ref().map_or(true, no_body) {
                 body
             } else {
                 Err(ApiError::BadRequest("Content-Type must be application/json".into()))

@@ -77,7 +77,12 @@ async fn receive(
     let body = match body {
         Ok(body) => body,
         Err(e) => {
-            if let Some(refusal) = over_unverified_limit(&state, &arrival.ip).await {
+            if let Some(mut refusal) = over_unverified_limit(&state, &arrival.ip).await {
+                // The refused body is still on the connection, as for the 413 it replaces.
+                refusal.headers_mut().insert(
+                    warp::http::header::CONNECTION,
+                    warp::http::HeaderValue::from_static("close"),
+                );
                 return refusal;
             }
             let declared = header(&headers, "content-length").and_then(|v| v.parse().ok());

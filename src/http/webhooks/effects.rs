@@ -136,7 +136,7 @@ fn register(tx: &Connection, r: &Registration, ctx: &Ctx) -> StoreResult<String>
             if other_platform_id.is_some() {
                 return Err(StoreError::Conflict(format!(
                     "{} is already registered under another clientId",
-                    r.email
+                    r.email.as_sent()
                 )));
             }
             if other.is_some_and(|o| o.id != existing.id) {
