@@ -1,8 +1,8 @@
 // The admin page: a hash router over a handful of screens. No build step, no dependencies:
 // each screen is a module in js/ that renders into <main id="app"> with DOM calls only.
 
-import { api, can, session, setUnauthorizedHandler } from './js/api.js';
-import { replace, h, showError } from './js/dom.js';
+import { api, can, endSession, session, setUnauthorizedHandler } from './js/api.js';
+import { replace, h, saveDrafts, showError } from './js/dom.js';
 import { loginScreen } from './js/login.js';
 import { clientsScreen } from './js/clients.js';
 import { clientScreen } from './js/client.js';
@@ -100,17 +100,19 @@ function onLogin() {
   location.hash = session.takeRoute() || '#/clients';
 }
 
-async function logout() {
-  // The session ends on the server too, so a copy of the token is worth nothing afterwards (a
-  // failure to say so, offline say, still signs this tab out).
-  await api('POST', '/api/auth/logout').catch(() => {});
-  // Everything this tab kept goes: the token, a route to return to, unsent drafts. The next
-  // person at this screen starts afresh.
+function logout() {
+  // Everything this tab kept goes at once, whatever the network does: the token, a route to
+  // return to, unsent drafts. The next person at this screen starts afresh.
+  const token = session.token();
   sessionStorage.clear();
   location.hash = '#/login';
+  // Then the session ends on the server too, so a copy of the token is worth nothing.
+  if (token) endSession(token);
 }
 
 setUnauthorizedHandler(() => {
+  // What was being typed comes back after the login (see keepDraft).
+  saveDrafts();
   session.flash('Your session has ended. Please log in again.');
   if (!location.hash.startsWith('#/login')) session.rememberRoute(location.hash);
   location.hash = '#/login';

@@ -101,6 +101,20 @@ export function query(params) {
   return s ? `?${s}` : '';
 }
 
+/**
+ * Tells the server to end the session of `token` (all of that user's sessions), without waiting:
+ * the tab has already forgotten it, and `keepalive` lets the request outlive the page.
+ */
+export function endSession(token) {
+  fetch('/api/auth/logout', {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${token}` },
+    credentials: 'omit',
+    cache: 'no-store',
+    keepalive: true,
+  }).catch(() => {});
+}
+
 async function send(method, path, body, extraHeaders = {}) {
   const headers = { Accept: 'application/json', ...extraHeaders };
   const token = session.token();

@@ -119,7 +119,7 @@ function renderKyc(el, ctx) {
     const notes = h('textarea', { name: 'kycNotes', rows: 2 });
     notes.value = c.kycNotes || '';
     // Only the text is kept: a status picked long ago and restored later could be saved by mistake.
-    const forgetDraft = keepDraft(notes, `kyc-notes.${c.id}`);
+    keepDraft(notes, `kyc-notes.${c.id}`);
     const save = h('button', { type: 'submit', class: 'primary' }, 'Save KYC');
     const error = errorBox();
     const done = noticeBox('kyc-done');
@@ -132,7 +132,6 @@ function renderKyc(el, ctx) {
         showNotice(done, '');
         try {
           await api('PATCH', `${ctx.path}/kyc`, { kycStatus: status.value, kycNotes: notes.value });
-          forgetDraft();
           const saved = status.selectedOptions[0].textContent;
           await ctx.reload();
           showNotice(ctx.notices.kyc, `KYC saved: status ${saved}.`);
@@ -369,7 +368,7 @@ function renderLedger(el, ctx) {
 function renderNotes(el, ctx) {
   const list = h('ul', { class: 'notes', id: 'notes-list' });
   const comment = h('textarea', { name: 'comment', rows: 3, required: true });
-  const forgetDraft = keepDraft(comment, `note.${ctx.id}`);
+  keepDraft(comment, `note.${ctx.id}`);
   const add = h('button', { type: 'submit', class: 'primary' }, 'Add note');
   const error = errorBox();
   const done = noticeBox('note-done');
@@ -395,7 +394,6 @@ function renderNotes(el, ctx) {
       try {
         await api('POST', `${ctx.path}/notes`, { comment: comment.value });
         comment.value = '';
-        forgetDraft();
         showNotice(done, 'Note added.');
         await load();
         renderActivity(document.getElementById('activity'), ctx);

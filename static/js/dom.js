@@ -54,16 +54,31 @@ function uid(base) {
 /** Where drafts are kept in sessionStorage (see `keepDraft`). */
 export const DRAFT_PREFIX = 'crm.draft.';
 
+/** The inputs whose text is kept across a session that ends (see `keepDraft`), by storage key. */
+const drafted = new Map();
+
 /**
- * Keeps what is typed into `input` in sessionStorage until the returned function forgets it, so
- * a session that ends mid-sentence loses nothing: after the login the page comes back with it.
+ * Keeps what is typed into `input` across a session that ends mid-sentence: `saveDrafts` stores
+ * it when the session ends, if it differs from what the input was given, and after the login the
+ * page comes back with it, once. Nothing is kept otherwise, so a draft never stands in for what
+ * the server holds now.
  */
 export function keepDraft(input, key) {
   const name = `${DRAFT_PREFIX}${key}`;
+  const given = input.value;
   const saved = sessionStorage.getItem(name);
-  if (saved !== null) input.value = saved;
-  input.addEventListener('input', () => sessionStorage.setItem(name, input.value));
-  return () => sessionStorage.removeItem(name);
+  if (saved !== null) {
+    input.value = saved;
+    sessionStorage.removeItem(name);
+  }
+  drafted.set(name, { input, given });
+}
+
+/** Stores the typed text of every kept input still on the page: the session has just ended. */
+export function saveDrafts() {
+  for (const [name, { input, given }] of drafted) {
+    if (input.isConnected && input.value !== given) sessionStorage.setItem(name, input.value);
+  }
 }
 
 /** A paragraph that shows a form's error message, announced to screen readers. */
