@@ -402,6 +402,21 @@ pub fn is_placeholder(value: &str) -> bool {
             .any(|shape| lower.contains(shape))
 }
 
+/// The pairs of secrets, by name, that hold one value for two purposes (a secret and its own
+/// `_PREVIOUS` are one purpose). For `serve`, which refuses them, and `crm doctor`.
+pub fn shared_values<'a>(named: &[(&'a str, &str)]) -> Vec<(&'a str, &'a str)> {
+    let purpose = |name: &str| name.trim_end_matches("_PREVIOUS").to_string();
+    let mut pairs = Vec::new();
+    for (i, (name, value)) in named.iter().enumerate() {
+        for (other, other_value) in &named[i + 1..] {
+            if purpose(name) != purpose(other) && value == other_value {
+                pairs.push((*name, *other));
+            }
+        }
+    }
+    pairs
+}
+
 /// Every secret the server needs, resolved.
 #[derive(Debug, Clone)]
 pub struct Secrets {
@@ -428,13 +443,9 @@ impl Secrets {
                 anyhow::bail!("{name} is the guide's placeholder text: set a real secret ({generate})");
             }
         }
-        let purpose = |name: &str| name.trim_end_matches("_PREVIOUS").to_string();
-        for (i, (name, secret)) in named.iter().enumerate() {
-            for (other, other_secret) in &named[i + 1..] {
-                if purpose(name) != purpose(other) && secret.expose() == other_secret.expose() {
-                    anyhow::bail!("{name} and {other} are the same value: give each secret its own ({generate})");
-                }
-            }
+        let values: Vec<(&str, &str)> = named.iter().map(|(name, s)| (*name, s.expose())).collect();
+        if let Some((name, other)) = shared_values(&values).first() {
+            anyhow::bail!("{name} and {other} are the same value: give each secret its own ({generate})");
         }
         Ok(())
     }

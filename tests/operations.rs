@@ -679,15 +679,18 @@ async fn doctor_fails_on_shared_short_or_plain_http_settings() {
         .arg("doctor")
         .env("JWT_SECRET", "same-value-for-two-secrets")
         .env("WEBHOOK_SECRET", "same-value-for-two-secrets")
+        .env("SERVICE_API_TOKEN_PREVIOUS", "same-value-for-two-secrets")
         .env("TRADING_PLATFORM_URL", "http://trading.test")
         .output()
         .unwrap();
     let text = stdout(&out);
     assert!(!out.status.success());
-    assert!(
-        text.contains("FAIL  WEBHOOK_SECRET and JWT_SECRET are the same value"),
-        "{text}"
-    );
+    for pair in [
+        "JWT_SECRET and WEBHOOK_SECRET",
+        "JWT_SECRET and SERVICE_API_TOKEN_PREVIOUS",
+    ] {
+        assert!(text.contains(&format!("FAIL  {pair} are the same value")), "{text}");
+    }
     assert!(text.contains("FAIL  JWT_SECRET is only 26 characters"), "{text}");
     assert!(
         text.contains("FAIL  TRADING_PLATFORM_URL is http://trading.test (not https)"),

@@ -6,7 +6,7 @@ use std::fmt;
 
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::config::{is_placeholder, read_env_file, Settings, ROTATING_NAMES, SECRET_NAMES};
+use crate::config::{is_placeholder, read_env_file, shared_values, Settings, ROTATING_NAMES, SECRET_NAMES};
 use crate::store::{audit, secret_history, Db};
 
 /// The guide: "Rotate tokens every 90 days".
@@ -160,19 +160,23 @@ fn check_secrets(
         }
         values.insert(name.to_string(), value);
     }
-    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
-    let mut distinct = true;
-    for (name, value) in &values {
-        if let Some(other) = seen.insert(value.as_str(), name.as_str()) {
-            distinct = false;
-            report.push(
-                Level::Fail,
-                format!("{name} and {other} are the same value"),
-                "give every secret its own value",
-            );
+    // The four, and the previous values still accepted: serve refuses the same pairs.
+    let mut named: Vec<(&str, &str)> = values.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    for name in ROTATING_NAMES {
+        let prev = format!("{name}_PREVIOUS");
+        if let Some((key, (value, _))) = settings.secrets.get_key_value(&prev) {
+            named.push((key.as_str(), value.expose()));
         }
     }
-    if distinct && values.len() == SECRET_NAMES.len() {
+    let shared = shared_values(&named);
+    for (name, other) in &shared {
+        report.push(
+            Level::Fail,
+            format!("{name} and {other} are the same value"),
+            "give every secret its own value",
+        );
+    }
+    if shared.is_empty() && values.len() == SECRET_NAMES.len() {
         report.push(Level::Ok, "the four secrets are distinct", "");
     }
     for name in ROTATING_NAMES {
