@@ -1102,6 +1102,35 @@ async fn client_detail_notes_kyc_and_subaccounts_work_for_the_admin_page() {
     assert_eq!(subs[0]["id"], sub["id"]);
 }
 
+/// Every read of a client lists all its subaccounts, some inside the writer's transaction: a
+/// client with thousands would slow every other write, so one client holds at most 100.
+#[tokio::test]
+async fn a_client_holds_at_most_a_hundred_subaccounts() {
+    let app = spawn_app();
+    let admin = app.admin_token().await;
+    let c = client(&app, "many@example.com");
+    let path = format!("/api/clients/{}/subaccounts", c.id);
+    for i in 0..100 {
+        let (status, body) = app.staff(Method::POST, &path, &admin, None).await;
+        assert_eq!(status, 201, "subaccount {i}: {body}");
+    }
+    let (status, body) = app.staff(Method::POST, &path, &admin, None).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(
+        body["error"],
+        "The client already has 100 subaccounts, the most one client may have"
+    );
+    let (_, detail) = app
+        .staff(Method::GET, &format!("/api/clients/{}", c.id), &admin, None)
+        .await;
+    assert_eq!(detail["subaccounts"].as_array().unwrap().len(), 100);
+    let refused = audit_rows(&app, "account.open_subaccount")
+        .into_iter()
+        .filter(|r| r.2 == "failure")
+        .count();
+    assert_eq!(refused, 1);
+}
+
 // ---- audit log -----------------------------------------------------------------------------
 
 #[tokio::test]

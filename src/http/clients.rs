@@ -226,7 +226,7 @@ async fn open_subaccount(
                 let parent = accounts::primary_for_client(tx, &id)?;
                 let currency = currency.clone().unwrap_or_else(|| parent.currency.clone());
                 let leverage = req.leverage.map_or_else(|| Leverage::new(parent.leverage.into()), Ok)?;
-                let account = accounts::insert(tx, &id, Some(&parent.id), &currency, leverage)?;
+                let account = accounts::insert_subaccount(tx, &id, &parent, &currency, leverage)?;
                 let details = json!({ "accountId": account.id, "parentId": parent.id, "currency": currency, "leverage": leverage });
                 audit::append(tx, &entry.clone().details(details))?;
                 Ok(account)

@@ -108,6 +108,30 @@ pub fn primary_for_client(conn: &Connection, client_id: &str) -> StoreResult<Acc
     .ok_or_else(|| StoreError::NotFound("The client has no primary account".into()))
 }
 
+/// Subaccounts one client may have. Every read of a client lists them all (the service API's
+/// accounts answer, the admin page), some inside the writer's transaction with their audit entry,
+/// so a client with thousands would slow every other write; a broker's client has a handful.
+pub const MAX_SUBACCOUNTS: i64 = 100;
+
+/// Opens a subaccount under the client's primary account; refused past [`MAX_SUBACCOUNTS`].
+pub fn insert_subaccount(
+    conn: &Connection,
+    client_id: &str,
+    parent: &Account,
+    currency: &str,
+    leverage: Leverage,
+) -> StoreResult<Account> {
+    let held: i64 = conn
+        .prepare_cached("SELECT count(*) FROM accounts WHERE client_id = ?1 AND parent_id IS NOT NULL")?
+        .query_row([client_id], |r| r.get(0))?;
+    if held >= MAX_SUBACCOUNTS {
+        return Err(StoreError::Conflict(format!(
+            "The client already has {held} subaccounts, the most one client may have"
+        )));
+    }
+    insert(conn, client_id, Some(&parent.id), currency, leverage)
+}
+
 /// The client's subaccounts, oldest first.
 pub fn subaccounts_for_client(conn: &Connection, client_id: &str) -> StoreResult<Vec<Account>> {
     let mut stmt = conn.prepare_cached(concat!(
