@@ -101,7 +101,9 @@ impl Keys {
 
 /// What "the same event" means. A money event is its parsed movement, so a retry that writes
 /// the amount as `100` instead of `"100.00"` is still a duplicate, not a conflict. Other events
-/// are their `data` as sent (serde_json's maps are sorted, so the text is canonical).
+/// are their `data` as sent, with the keys of every object sorted: the same text whatever order
+/// a retry writes them in, and the text hashed before serde_json kept the order sent
+/// (`preserve_order`), so a retry of an event recorded then is still a duplicate.
 fn content_of(event: &Event) -> String {
     match &event.action {
         Action::Deposit(m) | Action::Withdraw(m) => format!(
@@ -114,7 +116,11 @@ fn content_of(event: &Event) -> String {
             m.currency.as_deref().unwrap_or("").to_ascii_uppercase(),
             m.transaction_id.as_deref().unwrap_or(""),
         ),
-        _ => format!("{}\n{}", event.name.as_str(), event.data),
+        _ => {
+            let mut data = event.data.clone();
+            data.sort_all_objects();
+            format!("{}\n{}", event.name.as_str(), data)
+        }
     }
 }
 
@@ -379,5 +385,31 @@ async fn record_failure(db: Db, d: Delivery, attempt_id: String, parsed: Option<
         .await;
     if let Err(e) = recorded {
         tracing::error!(error = %e, attempt = %attempt_id, "could not record a failed webhook attempt");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The text hashed for an event other than a money movement is its `data` with every
+    /// object's keys sorted: the text the CRM hashed before serde_json kept the order sent, so a
+    /// retry of an event recorded before that is a duplicate, and so is one that reorders keys.
+    #[test]
+    fn the_content_of_a_non_money_event_does_not_depend_on_key_order() {
+        let sent = [
+            br#"{"event":"kyc.updated","timestamp":"2025-10-13T19:00:00Z",
+                 "data":{"kycStatus":"approved","email":"a@example.com","extra":{"z":1,"a":[{"y":2,"b":3}]}}}"#
+                .as_slice(),
+            br#"{"data":{"extra":{"a":[{"b":3,"y":2}],"z":1},"email":"a@example.com","kycStatus":"approved"},
+                 "timestamp":"2025-10-14T08:00:00Z","event":"kyc.updated"}"#,
+        ];
+        for raw in sent {
+            let event = super::super::payload::parse(raw).unwrap();
+            assert_eq!(
+                content_of(&event),
+                "kyc.updated\n{\"email\":\"a@example.com\",\"extra\":{\"a\":[{\"b\":3,\"y\":2}],\"z\":1},\"kycStatus\":\"approved\"}"
+            );
+        }
     }
 }
