@@ -53,17 +53,24 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { full } => {
-            let depth = if full { Depth::Full } else { Depth::Quick };
             let settings = Settings::load(&flags)?;
             // The one command a database with a failed write behind it may be opened by, once the
-            // machine has rebooted: a pass puts the failure behind it.
+            // machine has rebooted: a pass puts the failure behind it. That pass is the full
+            // check, the one for after a disk fault (`quick_check` does not compare indexes
+            // with their tables).
+            let after_failure = durability::marker(&settings.database)? == Marker::Rebooted;
+            let depth = if full || after_failure {
+                Depth::Full
+            } else {
+                Depth::Quick
+            };
             check_existing(&settings.database)?;
             let report = open_and_run(&settings, |db| crate::ops::verify::run(db, depth))?;
             print!("{report}");
             if !report.ok() {
                 return Ok(ExitCode::FAILURE);
             }
-            if durability::marker(&settings.database)? == Marker::Rebooted {
+            if after_failure {
                 durability::clear(&settings.database)?;
                 println!("the write that failed before the last reboot left the database sound: the CRM may start");
             }

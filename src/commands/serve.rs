@@ -94,7 +94,12 @@ pub fn run(settings: &Settings) -> anyhow::Result<ExitCode> {
         tracing::info!("CRM stopped");
         Ok::<_, anyhow::Error>(())
     })?;
-    Ok(ExitCode::SUCCESS)
+    // A supervisor should see that this run ended with the database refused (see durability).
+    Ok(if db.sync_failed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Up to 128 MiB of committed writes may still be in the WAL (see store::checkpoint): folded into

@@ -1,5 +1,6 @@
 //! `GET /healthz` (or HEAD): 200 when the database answers and its writes can be made durable,
-//! 503 otherwise (a failed WAL sync fails every write until the CRM is restarted).
+//! 503 otherwise (after a failed write to the disk the CRM serves nothing more: see
+//! `store::durability`).
 
 use serde_json::json;
 use warp::Filter;

@@ -274,6 +274,13 @@ pub fn spawn(db: Db) -> std::io::Result<Handle> {
         .spawn(move || {
             let mut indexer: Option<Indexer> = None;
             loop {
+                // After a failed write nothing is read or written any more (see `durability`).
+                if db.sync_failed() {
+                    match stopped.recv_timeout(Duration::from_secs(60)) {
+                        Err(RecvTimeoutError::Timeout) => continue,
+                        _ => return,
+                    }
+                }
                 let more = match indexer.as_mut() {
                     Some(i) => i.step(&db, false),
                     None => Indexer::load(&db).map(|loaded| indexer = Some(loaded)).map(|()| true),

@@ -62,6 +62,7 @@ pub fn spawn(
 ) -> anyhow::Result<(Nudge, JoinHandle<()>)> {
     let conn = Connection::open(path)?;
     super::configure(&conn)?;
+    super::keep_wal_on_close(&conn, true)?;
     let database = File::open(path)?;
     let (nudge, nudged) = mpsc::sync_channel::<()>(1);
     let thread = std::thread::Builder::new()
@@ -108,9 +109,18 @@ enum Failed {
 }
 
 impl From<rusqlite::Error> for Failed {
+    /// Only the I/O errors of writing or syncing mean a page may be lost; a failed read, lock or
+    /// shared-memory resize leaves the WAL as it was, for the next pass.
     fn from(e: rusqlite::Error) -> Failed {
-        match e.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::SystemIoFailure) => Failed::Write(e.into()),
+        use rusqlite::ffi;
+        let lost = [
+            ffi::SQLITE_IOERR_WRITE,
+            ffi::SQLITE_IOERR_FSYNC,
+            ffi::SQLITE_IOERR_DIR_FSYNC,
+            ffi::SQLITE_IOERR_TRUNCATE,
+        ];
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _) if lost.contains(&f.extended_code) => Failed::Write(e.into()),
             _ => Failed::Retry(e.into()),
         }
     }

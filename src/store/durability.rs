@@ -60,6 +60,11 @@ impl Durability {
 
     fn write_marker(&self, what: &str, error: &dyn std::fmt::Display) -> std::io::Result<()> {
         let mut file = std::fs::File::create(&self.marker)?;
+        // The name first, in the directory, so it survives a power cut even if what follows
+        // cannot be written (see `marker` for a marker without its boot).
+        if let Some(dir) = self.marker.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
         write!(
             file,
             "# {what} failed at {} ({error}).\n\
@@ -77,8 +82,8 @@ impl Durability {
     /// The error for every read and write once [`Durability::fail`] has been called.
     pub fn refusal(&self) -> StoreError {
         StoreError::Other(anyhow::anyhow!(
-            "a write to the disk failed earlier: the CRM serves nothing from the database until it has been \
-             restarted after a reboot (see {})",
+            "a write to the disk failed earlier: the CRM serves nothing from the database until the machine has \
+             been rebooted and `crm verify` has passed (see {})",
             self.marker.display()
         ))
     }
@@ -111,13 +116,24 @@ pub fn marker(database: &Path) -> anyhow::Result<Marker> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Marker::None),
         Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
     };
-    let written_in = text.lines().find_map(|l| l.strip_prefix("boot_id=")).map(str::trim);
+    let written_in = text
+        .lines()
+        .find_map(|l| l.strip_prefix("boot_id="))
+        .map(str::trim)
+        .filter(|id| !id.is_empty());
     match (written_in, boot_id()) {
-        (Some(then), Some(now)) if !then.is_empty() && then != now => Ok(Marker::Rebooted),
-        _ => anyhow::bail!(
+        (Some(then), Some(now)) if then != now => Ok(Marker::Rebooted),
+        (Some(_), Some(_)) => anyhow::bail!(
             "{}: a write to the disk failed while the CRM was running, and the machine has not been rebooted \
              since, so what the system shows of the database may not be on the disk. Reboot (or unmount and \
              mount the file system, then delete that file), then run `crm verify`",
+            path.display()
+        ),
+        // The marker's text did not reach the disk, or this system names no boot.
+        _ => anyhow::bail!(
+            "{}: a write to the disk failed while the CRM was running, and the CRM cannot tell whether the \
+             machine has been rebooted since. Once it has (or the file system has been unmounted and mounted), \
+             delete that file and run `crm verify`",
             path.display()
         ),
     }

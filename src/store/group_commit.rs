@@ -109,7 +109,7 @@ pub fn spawn(
                 }
             }
             if durability.has_failed() {
-                // Nothing more is committed on pages that may not be on the disk.
+                // Nothing more is run on pages that may not be on the disk.
                 for mut job in jobs {
                     job.refuse(durability.refusal());
                     job.settle(None);
@@ -125,9 +125,15 @@ pub fn spawn(
                 // wait it out again, batch after batch: they are refused with it (none has run).
                 jobs.extend(receiver.try_iter());
             }
-            // Even with no job left waiting, the batch goes to the sync thread: it makes the
-            // answered writes durable too.
-            let jobs = answer_committed(jobs, &outcome);
+            // A failure flagged while this batch ran (a checkpoint's sync, say): its reads are not
+            // answered either, and the sync, which now refuses, fails every write of it. Even
+            // with no job left waiting, the batch goes to the sync thread: it makes the answered
+            // writes durable too.
+            let jobs = if durability.has_failed() {
+                jobs
+            } else {
+                answer_committed(jobs, &outcome)
+            };
             if let Err(mpsc::SendError(orphan)) = to_sync.send(Committed { jobs, outcome }) {
                 // Only if the sync thread died: never leave a caller without an answer, and never
                 // call a write durable that nobody synced.

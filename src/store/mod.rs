@@ -140,6 +140,15 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY;")
 }
 
+/// Whether closing `conn` may fold the WAL into the database file (SQLite does when the last
+/// connection to a database closes). Every connection is opened with `keep = true`: after a
+/// failed write that fold would copy what may never have reached the disk and delete the WAL
+/// (see [`durability`]). Only [`Db::close`] allows it, on the writer, when nothing has failed.
+fn keep_wal_on_close(conn: &Connection, keep: bool) -> rusqlite::Result<()> {
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, keep)
+        .map(drop)
+}
+
 impl Db {
     /// Opens (creating if needed) the database at `path` and applies pending migrations.
     pub fn open(path: &Path) -> anyhow::Result<Db> {
@@ -153,13 +162,17 @@ impl Db {
         let mut writer =
             Connection::open(path).with_context(|| format!("cannot open the database {}", path.display()))?;
         configure(&writer)?;
+        keep_wal_on_close(&writer, true)?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
         let applied = migratable_schema(&writer, path)?;
         backup_before_migrating(&mut writer, path, applied)?;
         embedded::migrations::runner()
             .run(&mut writer)
             .context("applying database migrations failed")?;
-        let manager = SqliteConnectionManager::file(path).with_init(|c| configure(c));
+        let manager = SqliteConnectionManager::file(path).with_init(|c| {
+            configure(c)?;
+            keep_wal_on_close(c, true)
+        });
         let readers = r2d2::Pool::builder()
             .max_size(8)
             .connection_timeout(Duration::from_secs(10))
@@ -320,7 +333,7 @@ impl Db {
         } = self;
         let threads = Arc::try_unwrap(threads)
             .map_err(|_| StoreError::Other(anyhow::anyhow!("another handle of the database is still open")))?;
-        drop((readers, jobs, checkpoint, wal, durability));
+        drop((readers, jobs, checkpoint, wal));
         for thread in threads.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()) {
             thread
                 .join()
@@ -328,11 +341,11 @@ impl Db {
         }
         let writer = Arc::try_unwrap(writer)
             .map_err(|_| StoreError::Other(anyhow::anyhow!("the writer connection is still in use")))?;
-        writer
-            .into_inner()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .close()
-            .map_err(|(_, e)| e.into())
+        let writer = writer.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !durability.has_failed() {
+            keep_wal_on_close(&writer, false)?;
+        }
+        writer.close().map_err(|(_, e)| e.into())
     }
 
     /// A write of its own (no batching), for the command line and start-up.
