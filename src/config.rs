@@ -156,12 +156,10 @@ impl Settings {
         // The guide's Step 2 names a `.env` file as a place for the secrets: one in the working
         // directory fills in what the environment does not set, as dotenv does.
         let dotenv = read_env_file(Path::new(DOTENV_FILE))?;
-        // An empty variable (docker-compose's `${VAR}` of an unset one) is unset here too.
+        // A variable that is set hides the file's, even empty, as with dotenv: that is how a
+        // rotation ends (`WEBHOOK_SECRET_PREVIOUS=`) while an old `.env` still holds the value.
         Settings::load_with(flags, &|name| {
-            std::env::var(name)
-                .ok()
-                .filter(|v| !v.trim().is_empty())
-                .or_else(|| dotenv.get(name).cloned())
+            std::env::var(name).ok().or_else(|| dotenv.get(name).cloned())
         })
     }
 
