@@ -65,9 +65,13 @@ export async function webhookScreen(id) {
       result.hidden = true;
       try {
         const res = await api('POST', `${path}/reprocess`);
-        showResult(result, res.attempt);
-        // The original is stamped with this run (reprocessedAt, reprocessedBy): show it so.
-        renderMeta(meta, await api('GET', path));
+        try {
+          // The original is stamped with this run (reprocessedAt, reprocessedBy): show it so,
+          // before the outcome, which then describes a page that is up to date.
+          renderMeta(meta, await api('GET', path));
+        } finally {
+          showResult(result, res.attempt);
+        }
       } catch (e) {
         showError(error, e.message);
       }
