@@ -133,6 +133,7 @@ impl Indexer {
     pub fn load(db: &Db) -> StoreResult<Indexer> {
         let conn = Connection::open(db.path())?;
         super::configure(&conn)?;
+        super::keep_wal_on_close(&conn, true)?;
         conn.pragma_update(None, "cache_size", -256)?;
         let tx = conn.unchecked_transaction()?;
         let committed = Progress::read(&tx)?;

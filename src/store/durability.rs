@@ -51,32 +51,38 @@ impl Durability {
             %error,
             marker = %self.marker.display(),
             "{what} failed: the CRM stops serving from the database. Reboot the machine (or unmount and \
-             mount its file system, then delete the marker file), run `crm verify`, then start the CRM"
+             mount its file system, then delete the marker file), run `crm verify --full`, then start the CRM"
         );
         if let Err(e) = self.write_marker(what, error) {
             tracing::error!(error = %e, marker = %self.marker.display(), "could not write the marker file");
         }
     }
 
+    /// Creates the marker, writes its text and syncs both it and its folder, each step tried
+    /// even when one before it failed: on a failing disk the name alone is worth having (see
+    /// [`marker`] for one without its text).
     fn write_marker(&self, what: &str, error: &dyn std::fmt::Display) -> std::io::Result<()> {
         let mut file = std::fs::File::create(&self.marker)?;
-        // The name first, in the directory, so it survives a power cut even if what follows
-        // cannot be written (see `marker` for a marker without its boot).
-        if let Some(dir) = self.marker.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
+        let text = self.write_text(&mut file, what, error).and_then(|()| file.sync_all());
+        let name = match self.marker.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(dir) => std::fs::File::open(dir).and_then(|d| d.sync_all()),
+            None => Ok(()),
+        };
+        text.and(name)
+    }
+
+    fn write_text(&self, file: &mut std::fs::File, what: &str, error: &dyn std::fmt::Display) -> std::io::Result<()> {
         write!(
             file,
             "# {what} failed at {} ({error}).\n\
              # The operating system may still hold, in memory, data that never reached the disk, and show it\n\
              # to any program that reads the database. The CRM refuses the database until the machine has\n\
              # been rebooted; then `crm verify` must pass (it removes this file). After an unmount and mount\n\
-             # of the file system instead of a reboot, delete this file and run `crm verify`.\n\
+             # of the file system instead of a reboot, delete this file and run `crm verify --full`.\n\
              boot_id={}\n",
             super::now(),
             boot_id().unwrap_or_default()
-        )?;
-        file.sync_all()
+        )
     }
 
     /// The error for every read and write once [`Durability::fail`] has been called.
@@ -126,14 +132,14 @@ pub fn marker(database: &Path) -> anyhow::Result<Marker> {
         (Some(_), Some(_)) => anyhow::bail!(
             "{}: a write to the disk failed while the CRM was running, and the machine has not been rebooted \
              since, so what the system shows of the database may not be on the disk. Reboot (or unmount and \
-             mount the file system, then delete that file), then run `crm verify`",
+             mount the file system, then delete that file and run `crm verify --full`)",
             path.display()
         ),
         // The marker's text did not reach the disk, or this system names no boot.
         _ => anyhow::bail!(
             "{}: a write to the disk failed while the CRM was running, and the CRM cannot tell whether the \
              machine has been rebooted since. Once it has (or the file system has been unmounted and mounted), \
-             delete that file and run `crm verify`",
+             delete that file and run `crm verify --full`",
             path.display()
         ),
     }
