@@ -156,15 +156,19 @@ impl Settings {
         // The guide's Step 2 names a `.env` file as a place for the secrets: one in the working
         // directory fills in what the environment does not set, as dotenv does.
         let dotenv = read_env_file(Path::new(DOTENV_FILE))?;
-        // A variable that is set hides the file's, even empty, as with dotenv: that is how a
-        // rotation ends (`WEBHOOK_SECRET_PREVIOUS=`) while an old `.env` still holds the value.
-        Settings::load_with(flags, &|name| {
-            std::env::var(name).ok().or_else(|| dotenv.get(name).cloned())
+        Settings::load_with(flags, &|name| match std::env::var(name) {
+            // A previous secret set empty ends its rotation, whatever a file still holds (see
+            // `load_with`); any other setting left empty (a compose file's `${VAR}` of an unset
+            // one) falls back to the file.
+            Ok(v) if v.trim().is_empty() && !name.ends_with("_PREVIOUS") => dotenv.get(name).cloned(),
+            Ok(v) => Some(v),
+            Err(_) => dotenv.get(name).cloned(),
         })
     }
 
     /// Loads settings with `env` standing in for the environment (tests pass a map).
     pub fn load_with(flags: &Overrides, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+        let set_empty = |name: &str| env(name).is_some_and(|v| v.trim().is_empty());
         let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
         let explicit_config = flags.config.clone().or_else(|| env("CRM_CONFIG").map(PathBuf::from));
         let (file, config_file) = match explicit_config {
@@ -269,6 +273,9 @@ impl Settings {
         for (name, value) in from_file {
             let chosen = match env(name) {
                 Some(v) => Some((v, SecretOrigin::Environment)),
+                // `WEBHOOK_SECRET_PREVIOUS=` ends the rotation even while crm.toml holds the old
+                // value, so a leaked secret stops working when the operator says so.
+                None if name.ends_with("_PREVIOUS") && set_empty(name) => None,
                 None => value
                     .clone()
                     .filter(|v| !v.trim().is_empty())
@@ -756,6 +763,16 @@ mod tests {
         ];
         let got: Vec<(&str, &str)> = parsed.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn a_previous_secret_set_empty_ends_the_rotation_whatever_the_file_holds() {
+        let old = "0123456789abcdef-the-old-webhook-secret";
+        let (_dir, path) = write_config(&format!("webhook_secret_previous = \"{old}\"\n"));
+        let from_file = load_file(&path, &[]).unwrap();
+        assert!(from_file.secrets.contains_key("WEBHOOK_SECRET_PREVIOUS"));
+        let ended = load_file(&path, &[("WEBHOOK_SECRET_PREVIOUS", "")]).unwrap();
+        assert!(!ended.secrets.contains_key("WEBHOOK_SECRET_PREVIOUS"));
     }
 
     #[test]

@@ -66,7 +66,10 @@ async fn a_dot_env_file_in_the_working_directory_supplies_what_the_environment_d
     )
     .unwrap();
     let mut cmd = crm_command(dir.path());
+    // An empty variable (a compose file's `${VAR}` of an unset one) leaves the file's value; a
+    // `*_PREVIOUS` set empty ends a rotation instead (config.rs tests).
     cmd.env("SERVICE_API_TOKEN", &overriding_token)
+        .env("WEBHOOK_SECRET", "")
         .args(["serve", "--listen", "127.0.0.1:0"]);
     let (mut child, lines) = start(cmd);
     let base = loop {
