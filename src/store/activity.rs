@@ -205,15 +205,34 @@ fn note(conn: &Connection, rowid: i64) -> StoreResult<(String, Value)> {
     Ok((summary, json!({ "id": id, "comment": comment, "author": author })))
 }
 
-fn kyc(conn: &Connection, seq: i64) -> StoreResult<(String, Value)> {
-    let (actor, details): (String, String) = conn
-        .prepare_cached("SELECT actor, details FROM audit_log WHERE seq = ?1")?
-        .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))
+/// The audit entry at `seq` (action, actor, target, details), for the items the timeline takes
+/// from the audit log.
+fn audit_entry(conn: &Connection, seq: i64) -> StoreResult<(String, String, String, Value)> {
+    let (action, actor, target, details): (String, String, String, String) = conn
+        .prepare_cached("SELECT action, actor, target, details FROM audit_log WHERE seq = ?1")?
+        .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
         .optional()?
         .ok_or_else(vanished)?;
-    let details: Value = serde_json::from_str(&details).unwrap_or_else(|_| json!({}));
-    let word = |k: &str| details.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
-    let summary = format!("KYC status changed from {} to {} by {actor}", word("from"), word("to"));
+    let details = serde_json::from_str(&details).unwrap_or_else(|_| json!({}));
+    Ok((action, actor, target, details))
+}
+
+/// A detail of an audit entry as a summary writes it: a string or number as it is, else `?`.
+fn detail_text(details: &Value, key: &str) -> String {
+    match details.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => "?".into(),
+    }
+}
+
+fn kyc(conn: &Connection, seq: i64) -> StoreResult<(String, Value)> {
+    let (_, actor, _, details) = audit_entry(conn, seq)?;
+    let summary = format!(
+        "KYC status changed from {} to {} by {actor}",
+        detail_text(&details, "from"),
+        detail_text(&details, "to")
+    );
     let details = json!({
         "from": details.get("from"), "to": details.get("to"), "notes": details.get("notes"), "actor": actor,
     });
@@ -221,17 +240,8 @@ fn kyc(conn: &Connection, seq: i64) -> StoreResult<(String, Value)> {
 }
 
 fn account_change(conn: &Connection, seq: i64) -> StoreResult<(String, Value)> {
-    let (action, actor, target, details): (String, String, String, String) = conn
-        .prepare_cached("SELECT action, actor, target, details FROM audit_log WHERE seq = ?1")?
-        .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .optional()?
-        .ok_or_else(vanished)?;
-    let details: Value = serde_json::from_str(&details).unwrap_or_else(|_| json!({}));
-    let field = |k: &str| match details.get(k) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        _ => "?".into(),
-    };
+    let (action, actor, target, details) = audit_entry(conn, seq)?;
+    let field = |k: &str| detail_text(&details, k);
     if action == actions::SUBACCOUNT_OPEN {
         let summary = format!(
             "Subaccount opened ({}, leverage 1:{}) by {actor}",
@@ -245,19 +255,16 @@ fn account_change(conn: &Connection, seq: i64) -> StoreResult<(String, Value)> {
         return Ok((summary, details));
     }
     let account_id = target.strip_prefix("account:").unwrap_or(&target).to_string();
-    let summary = if action == actions::LEVERAGE_CHANGE {
-        format!(
+    let (change, summary) = if action == actions::LEVERAGE_CHANGE {
+        let summary = format!(
             "Leverage changed from 1:{} to 1:{} by {actor}",
             field("from"),
             field("to")
-        )
+        );
+        ("leverage", summary)
     } else {
-        format!("Currency changed from {} to {} by {actor}", field("from"), field("to"))
-    };
-    let change = if action == actions::LEVERAGE_CHANGE {
-        "leverage"
-    } else {
-        "currency"
+        let summary = format!("Currency changed from {} to {} by {actor}", field("from"), field("to"));
+        ("currency", summary)
     };
     let details = json!({
         "accountId": account_id, "change": change, "from": details.get("from"), "to": details.get("to"), "actor": actor,
