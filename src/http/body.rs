@@ -19,9 +19,10 @@ pub const DEFAULT_LIMIT: usize = 64 * 1024;
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Like [`raw`], for a JSON request (every staff and service body): a body declared as any other
-/// content type is refused (400). For logins it also keeps other websites out: a browser sends a cross-origin `text/plain` or form body
-/// without asking, but a JSON one only after a preflight the CRM never grants, so a page a staff
-/// member visits cannot send logins (and burn the office's throttle) in their name.
+/// content type is refused (400). For logins it also keeps other websites out: a browser sends a
+/// cross-origin `text/plain` or form body without asking, but a JSON one only after a preflight
+/// the CRM never grants, so a page a staff member visits cannot send logins (and burn the
+/// office's throttle) in their name.
 pub fn json(
     limit: usize,
 ) -> impl Filter<Extract = (Result<Bytes, ApiError>,), Error = std::convert::Infallible> + Clone {
