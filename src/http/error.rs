@@ -152,23 +152,27 @@ impl ApiError {
     /// The response for this error, without logging it (a rejection holds it by reference).
     fn render(&self) -> Response {
         let mut resp = warp::reply::with_status(warp::reply::json(&self.body()), self.status()).into_response();
-        let headers = resp.headers_mut();
         match self {
             ApiError::TooManyRequests { retry_after_secs, .. } => {
-                headers.insert(header::RETRY_AFTER, (*retry_after_secs).into());
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, (*retry_after_secs).into());
             }
             ApiError::Unavailable => {
-                headers.insert(header::RETRY_AFTER, 1.into());
+                resp.headers_mut().insert(header::RETRY_AFTER, 1.into());
             }
-            // The refused body was left unread on the connection, so hyper cannot reuse it: say
-            // so, or a keep-alive client sends its next request into a closed socket.
-            ApiError::PayloadTooLarge(_) | ApiError::Timeout => {
-                headers.insert(header::CONNECTION, header::HeaderValue::from_static("close"));
-            }
+            ApiError::PayloadTooLarge(_) | ApiError::Timeout => close_connection(&mut resp),
             _ => {}
         }
         resp
     }
+}
+
+/// Marks an answer to a request whose body was left unread on the connection: hyper cannot
+/// reuse that connection, and without this a keep-alive client sends its next request into a
+/// closed socket.
+pub fn close_connection(resp: &mut Response) {
+    resp.headers_mut()
+        .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
 }
 
 /// Renders a handler's result: success as it is, errors as JSON.

@@ -79,10 +79,7 @@ async fn receive(
         Err(e) => {
             if let Some(mut refusal) = over_unverified_limit(&state, &arrival.ip).await {
                 // The refused body is still on the connection, as for the 413 it replaces.
-                refusal.headers_mut().insert(
-                    warp::http::header::CONNECTION,
-                    warp::http::HeaderValue::from_static("close"),
-                );
+                super::error::close_connection(&mut refusal);
                 return refusal;
             }
             let declared = header(&headers, "content-length").and_then(|v| v.parse().ok());
