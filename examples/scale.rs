@@ -170,6 +170,9 @@ fn main() -> anyhow::Result<()> {
             ("full name", "mary garcia".to_string()),
             ("platform id", format!("tp{}", 100_000 + clients / 2)),
             ("one client's email", emails.first().cloned().unwrap_or_default()),
+            // gen_data's phones are +1555 and the client's number in seven digits.
+            ("one client's phone", format!("+1 555 {:07}", clients / 3 % 10_000_000)),
+            ("four digits of a phone", "4321".to_string()),
             ("no match", "zzqx-nobody".to_string()),
         ];
         println!(

@@ -558,7 +558,7 @@ fn a_backup_is_taken_before_migrating_an_existing_database() {
     let latest: i64 = conn
         .query_row("SELECT MAX(version) FROM refinery_schema_history", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(latest, 10, "update this test when a migration is added");
+    assert_eq!(latest, 11, "update this test when a migration is added");
     conn.execute(
         "INSERT INTO clients (id, email, first_name, last_name, created_at, updated_at)
          VALUES ('c1', 'early.bird@example.com', 'Early', 'Bird', '2025-01-01T00:00:00.000Z', '2025-01-01T00:00:00.000Z')",
@@ -578,14 +578,16 @@ fn a_backup_is_taken_before_migrating_an_existing_database() {
          ALTER TABLE staff_users DROP COLUMN session_generation;
          DROP TABLE staff_idempotency_keys;
          DROP INDEX audit_account_changes_by_target;
-         ALTER TABLE clients DROP COLUMN email_as_sent;",
+         ALTER TABLE clients DROP COLUMN email_as_sent;
+         DROP TRIGGER clients_phone_search_insert; DROP TRIGGER clients_phone_search_update;
+         DROP TRIGGER clients_phone_search_delete; DROP TABLE clients_phone_search; DROP VIEW clients_phone_source;",
     )
     .unwrap();
     drop(conn);
 
     let out = crm_command(dir.path()).arg("migrate").output().unwrap();
     assert!(out.status.success());
-    assert!(stdout(&out).contains("migrated from V2 to V10"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("migrated from V2 to V11"), "{}", stdout(&out));
     let backups: Vec<_> = std::fs::read_dir(dir.path().join("backups"))
         .unwrap()
         .flatten()

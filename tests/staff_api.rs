@@ -971,6 +971,48 @@ async fn search_matches_email_names_and_platform_id() {
     }
 }
 
+/// Phones are kept as the platform sent them; a term written like a phone number finds them by
+/// their digits, however either side spaces or punctuates them.
+#[tokio::test]
+async fn search_finds_clients_by_phone_digits_as_registered_or_updated() {
+    let app = spawn_app();
+    let admin = app.admin_token().await;
+    for (email, phone) in [
+        ("ann@example.com", "+44 (20) 7946-0958"),
+        ("bob@example.com", "555.0100"),
+    ] {
+        let data = json!({ "email": email, "firstName": "Test", "lastName": "User", "phone": phone });
+        assert_eq!(app.event("client.registered", data).await.0, 200);
+    }
+    let update = json!({ "email": "bob@example.com", "phone": "+1 212 555 0142" });
+    assert_eq!(app.event("account.updated", update).await.0, 200);
+    let cases = [
+        ("%2B44%2020%207946", vec!["ann@example.com"]),
+        ("(20)7946-0958", vec!["ann@example.com"]),
+        ("0958", vec!["ann@example.com"]),
+        ("212-555", vec!["bob@example.com"]),
+        ("0100", vec![]),
+        ("55", vec!["bob@example.com"]),
+        // Not written like a phone: names, emails and platform ids only.
+        ("x0958", vec![]),
+    ];
+    for (q, want) in cases {
+        let (status, body) = app
+            .staff(Method::GET, &format!("/api/clients?q={q}"), &admin, None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let got: Vec<_> = body["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["email"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(got, want, "q={q}");
+    }
+    let (_, found) = app.staff(Method::GET, "/api/clients?q=7946", &admin, None).await;
+    assert_eq!(found["clients"][0]["phone"], "+44 (20) 7946-0958", "shown as sent");
+}
+
 #[tokio::test]
 async fn client_detail_notes_kyc_and_subaccounts_work_for_the_admin_page() {
     let app = spawn_app();

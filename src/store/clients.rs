@@ -157,11 +157,17 @@ pub fn update_contact(
 }
 
 /// Terms found in more clients than this are searched by walking the clients newest first,
-/// which fills the first page at once; rarer terms through the trigram index (migration V3),
-/// which finds them without reading every client.
+/// which fills the first page at once; rarer terms through the trigram indexes (migrations V3
+/// and V11), which find them without reading every client.
 const INDEXED_SEARCH_MAX_MATCHES: i64 = 5_000;
 
+/// A phone's digits in SQL: a phone is digits, spaces and `+-().` (checked when it arrives).
+/// Migration V11 indexes the same expression; keep them alike.
+const PHONE_DIGITS: &str = "replace(replace(replace(replace(replace(replace(phone, ' ', ''), '+', ''), '-', ''), \
+                            '(', ''), ')', ''), '.', '')";
+
 /// Clients whose email, name ("first last") or platform client id contains `term` (any case),
+/// or whose phone's digits contain the term's when it is written like (part of) a phone number,
 /// newest first, after the `(created_at, id)` cursor. No term: every client.
 pub fn search(
     conn: &Connection,
@@ -172,6 +178,14 @@ pub fn search(
     search_with(conn, term, after, limit, INDEXED_SEARCH_MAX_MATCHES)
 }
 
+/// The digits of a term written like (part of) a phone number: digits, spaces and `+-().`
+/// only, at least one digit. `+44 (20) 7946` is `44207946`, found in `+442079460958`.
+fn phone_digits(term: &str) -> Option<String> {
+    let phone_like = term.chars().all(|c| c.is_ascii_digit() || " +-().".contains(c));
+    let digits: String = term.chars().filter(char::is_ascii_digit).collect();
+    (phone_like && !digits.is_empty()).then_some(digits)
+}
+
 fn search_with(
     conn: &Connection,
     term: Option<&str>,
@@ -180,26 +194,44 @@ fn search_with(
     indexed_max_matches: i64,
 ) -> StoreResult<Vec<Client>> {
     let term = term.map(|t| t.trim().to_lowercase()).filter(|t| !t.is_empty());
+    let phone = term.as_deref().and_then(phone_digits);
     let (after_at, after_id) = after.unzip();
     let limit = limit.clamp(1, 200);
-    // Trigrams need three characters; a shorter term is common enough to be found by walking.
-    if let Some(term) = term.as_ref().filter(|t| t.chars().count() >= 3) {
+    // Trigrams need three characters; a shorter term (or phone digits) is common enough to be
+    // found by walking.
+    let indexable = |t: &String| t.chars().count() >= 3 && phone.as_ref().is_none_or(|d| d.len() >= 3);
+    if let Some(term) = term.as_ref().filter(|t| indexable(t)) {
         let phrase = format!("\"{}\"", term.replace('"', "\"\""));
+        // The rowids of the matching clients: ?1 is the term's phrase, ?2 its phone digits'.
+        let matching = if phone.is_some() {
+            "SELECT rowid FROM clients_search WHERE clients_search MATCH ?1
+             UNION SELECT rowid FROM clients_phone_search WHERE clients_phone_search MATCH ?2"
+        } else {
+            "SELECT rowid FROM clients_search WHERE clients_search MATCH ?1"
+        };
+        let phone_phrase = phone.as_ref().map(|digits| format!("\"{digits}\""));
         let matches: i64 = conn
-            .prepare_cached(
-                "SELECT count(*) FROM (SELECT 1 FROM clients_search WHERE clients_search MATCH ?1 LIMIT ?2)",
-            )?
-            .query_row(params![phrase, indexed_max_matches.saturating_add(1)], |r| r.get(0))?;
+            .prepare_cached(&format!("SELECT count(*) FROM ({matching} LIMIT ?3)"))?
+            .query_row(
+                params![phrase, phone_phrase, indexed_max_matches.saturating_add(1)],
+                |r| r.get(0),
+            )?;
         if matches <= indexed_max_matches {
-            let mut stmt = conn.prepare_cached(concat!(
-                "SELECT ",
-                client_columns!(),
-                " FROM clients
-                 WHERE rowid IN (SELECT rowid FROM clients_search WHERE clients_search MATCH ?1)
-                   AND (?2 IS NULL OR (created_at, id) < (?2, ?3))
-                 ORDER BY created_at DESC, id DESC LIMIT ?4"
+            let mut stmt = conn.prepare_cached(&format!(
+                concat!(
+                    "SELECT ",
+                    client_columns!(),
+                    " FROM clients
+                     WHERE rowid IN ({matching})
+                       AND (?3 IS NULL OR (created_at, id) < (?3, ?4))
+                     ORDER BY created_at DESC, id DESC LIMIT ?5"
+                ),
+                matching = matching
             ))?;
-            let rows = stmt.query_map(params![phrase, after_at, after_id, limit], Client::from_row)?;
+            let rows = stmt.query_map(
+                params![phrase, phone_phrase, after_at, after_id, limit],
+                Client::from_row,
+            )?;
             return Ok(rows.collect::<Result<_, _>>()?);
         }
     }
@@ -211,6 +243,8 @@ fn search_with(
         _ => "lower",
     };
     let pattern = term.map(|t| format!("%{}%", t.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
+    // Digits need no escaping.
+    let phone_pattern = phone.map(|digits| format!("%{digits}%"));
     let mut stmt = conn.prepare_cached(&format!(
         concat!(
             "SELECT ",
@@ -218,13 +252,18 @@ fn search_with(
             " FROM clients
              WHERE (?1 IS NULL OR email LIKE ?1 ESCAPE '\\'
                     OR {fold}(first_name || ' ' || last_name) LIKE ?1 ESCAPE '\\'
-                    OR {fold}(platform_client_id) LIKE ?1 ESCAPE '\\')
+                    OR {fold}(platform_client_id) LIKE ?1 ESCAPE '\\'
+                    OR (?5 IS NOT NULL AND {digits} LIKE ?5))
                AND (?2 IS NULL OR (created_at, id) < (?2, ?3))
              ORDER BY created_at DESC, id DESC LIMIT ?4"
         ),
-        fold = fold
+        fold = fold,
+        digits = PHONE_DIGITS
     ))?;
-    let rows = stmt.query_map(params![pattern, after_at, after_id, limit], Client::from_row)?;
+    let rows = stmt.query_map(
+        params![pattern, after_at, after_id, limit, phone_pattern],
+        Client::from_row,
+    )?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -257,18 +296,24 @@ mod tests {
         let db = Db::open(&dir.path().join("t.db")).unwrap();
         db.write_sync(|tx| {
             let people = [
-                ("ann.smith@example.com", "Ann", "Smith", Some("TP-1001")),
-                ("bob@example.org", "Bob", "Smithers", None),
-                ("c_100%@example.net", "Carl", "Percent", Some("TP-1002")),
-                ("dora@example.com", "Dora", "O\"Brien", None),
-                ("eve@example.com", "Eve", "Annan", Some("X-77")),
-                ("emile@example.fr", "Émile", "Łukasiewicz", Some("ÉM-1")),
+                (
+                    "ann.smith@example.com",
+                    "Ann",
+                    "Smith",
+                    Some("TP-1001"),
+                    "+44 (20) 7946-0958",
+                ),
+                ("bob@example.org", "Bob", "Smithers", None, "555-0100"),
+                ("c_100%@example.net", "Carl", "Percent", Some("TP-1002"), ""),
+                ("dora@example.com", "Dora", "O\"Brien", None, "+1.212.555.0199"),
+                ("eve@example.com", "Eve", "Annan", Some("X-77"), ""),
+                ("emile@example.fr", "Émile", "Łukasiewicz", Some("ÉM-1"), "0033 1 23 45"),
             ];
-            for (email, first, last, platform) in people {
+            for (email, first, last, platform, phone) in people {
                 let contact = Contact {
                     first_name: Some(first.into()),
                     last_name: Some(last.into()),
-                    phone: None,
+                    phone: Some(phone.into()),
                 };
                 insert(tx, &Email::parse(email)?, platform, &contact)?;
             }
@@ -279,8 +324,15 @@ mod tests {
                 ..Contact::default()
             };
             update_contact(tx, &eve.id, None, None, &renamed)?;
+            // So is a client whose phone changed.
+            let bob = find_by_email(tx, &Email::parse("bob@example.org")?)?.unwrap();
+            let new_phone = Contact {
+                phone: Some("(555) 0142".into()),
+                ..Contact::default()
+            };
+            update_contact(tx, &bob.id, None, None, &new_phone)?;
 
-            let cases: [(&str, &[&str]); 14] = [
+            let cases: [(&str, &[&str]); 23] = [
                 ("SMITH", &["ann.smith@example.com", "bob@example.org"]),
                 ("ann smith", &["ann.smith@example.com"]),
                 ("tp-100", &["ann.smith@example.com", "c_100%@example.net"]),
@@ -295,6 +347,17 @@ mod tests {
                 ("éM", &["emile@example.fr"]),
                 ("ŁU", &["emile@example.fr"]),
                 ("ém-", &["emile@example.fr"]),
+                // Phones by their digits, written either way; the short ones found by walking.
+                ("7946 0958", &["ann.smith@example.com"]),
+                ("+442079", &["ann.smith@example.com"]),
+                ("555", &["bob@example.org", "dora@example.com"]),
+                ("(555) 014", &["bob@example.org"]),
+                ("0100", &[]),
+                ("(20)", &["ann.smith@example.com"]),
+                ("45", &["emile@example.fr"]),
+                // A term with letters is not a phone: `tp-1002`'s digits are nobody's phone.
+                ("tp-1002", &["c_100%@example.net"]),
+                ("1002", &["c_100%@example.net"]),
                 (
                     "  ",
                     &[

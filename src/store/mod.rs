@@ -650,6 +650,34 @@ mod tests {
     }
 
     #[test]
+    fn v11_indexes_the_phones_of_clients_registered_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crm.db");
+        {
+            let conn = migrated_to(&path, 10);
+            conn.execute_batch(
+                "INSERT INTO clients (id, email, phone, created_at, updated_at) VALUES
+                     ('c1', 'early@example.com', '+44 (20) 7946-0958', 'x', 'x'),
+                     ('c2', 'late@example.com', '', 'x', 'x')",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        db.read_sync(|conn| {
+            let found = clients::search(conn, Some("2079 4609"), None, 50)?;
+            assert_eq!(found.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["c1"]);
+            let indexed: i64 = conn.query_row(
+                "SELECT count(*) FROM clients_phone_search WHERE clients_phone_search MATCH '\"2079460958\"'",
+                [],
+                |r| r.get(0),
+            )?;
+            assert_eq!(indexed, 1);
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    #[test]
     fn v5_keeps_every_key_a_processed_webhook_claimed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("crm.db");

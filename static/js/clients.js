@@ -10,7 +10,7 @@ export function clientName(c) {
 /** The client list: a search box and cursor paging (forward with nextCursor, back with a stack). */
 export async function clientsScreen(params) {
   const q = params.get('q') || '';
-  const search = h('input', { type: 'search', name: 'q', value: q, placeholder: 'Name, email or platform id' });
+  const search = h('input', { type: 'search', name: 'q', value: q, placeholder: 'Name, email, phone or platform id' });
   const form = h('form', { class: 'toolbar', role: 'search' },
     field('Search clients', search),
     h('button', { type: 'submit', class: 'primary' }, 'Search'));
