@@ -18,6 +18,10 @@ pub use money::{Money, OUT_OF_RANGE};
 /// service API, admin page): text one of them accepted can always be sent back through another.
 pub const MAX_TEXT_CHARS: usize = 10_000;
 
+/// The longest phone number, in characters (digits, spaces and `+-().`): what a webhook may set,
+/// and so the most digits a search term can share with a phone.
+pub const MAX_PHONE_CHARS: usize = 32;
+
 /// Text people write (notes, KYC remarks, an adjustment's reason), held to one rule on every
 /// surface: trimmed, at most `max` characters, and no control characters but line breaks and
 /// tabs (a NUL or an escape sequence would reach the terminals and spreadsheets that read the

@@ -4,7 +4,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 use super::{now, unique_conflict, StoreError, StoreResult};
-use crate::domain::{ClientId, Email, KycStatus};
+use crate::domain::{ClientId, Email, KycStatus, MAX_PHONE_CHARS};
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -179,12 +179,20 @@ pub fn search(
 }
 
 /// The digits of a term written like (part of) a phone number: digits, spaces and `+-().`
-/// only, at least one digit. `+44 (20) 7946` is `44207946`, found in `+442079460958`.
+/// only, at least one digit, and no more than a phone can hold. `+44 (20) 7946` is `44207946`,
+/// found in `+442079460958`.
 fn phone_digits(term: &str) -> Option<String> {
     let phone_like = term.chars().all(|c| c.is_ascii_digit() || " +-().".contains(c));
     let digits: String = term.chars().filter(char::is_ascii_digit).collect();
-    (phone_like && !digits.is_empty()).then_some(digits)
+    (phone_like && (1..=MAX_PHONE_CHARS).contains(&digits.len())).then_some(digits)
 }
+
+/// How many of a phone term's digits, its last ones, the trigram index is asked for. A phrase
+/// costs about its trigram count times the clients each trigram is in, and a country code or
+/// a repeated digit (`555`) can be in nearly every phone: so the index is given the end of the
+/// number, the part that tells clients apart, and the rows it finds are checked against all
+/// the digits.
+const PHONE_INDEXED_DIGITS: usize = 7;
 
 fn search_with(
     conn: &Connection,
@@ -195,6 +203,8 @@ fn search_with(
 ) -> StoreResult<Vec<Client>> {
     let term = term.map(|t| t.trim().to_lowercase()).filter(|t| !t.is_empty());
     let phone = term.as_deref().and_then(phone_digits);
+    // Digits need no escaping.
+    let phone_pattern = phone.as_ref().map(|digits| format!("%{digits}%"));
     let (after_at, after_id) = after.unzip();
     let limit = limit.clamp(1, 200);
     // Trigrams need three characters; a shorter term (or phone digits) is common enough to be
@@ -202,18 +212,28 @@ fn search_with(
     let indexable = |t: &String| t.chars().count() >= 3 && phone.as_ref().is_none_or(|d| d.len() >= 3);
     if let Some(term) = term.as_ref().filter(|t| indexable(t)) {
         let phrase = format!("\"{}\"", term.replace('"', "\"\""));
-        // The rowids of the matching clients: ?1 is the term's phrase, ?2 its phone digits'.
+        // The rowids of the matching clients: ?1 is the term's phrase; ?2 the phrase of its
+        // phone digits' end and ?3 all of them, as a LIKE pattern. The `+` keeps that LIKE from
+        // being handed to the index, which would look up every trigram of the pattern.
         let matching = if phone.is_some() {
             "SELECT rowid FROM clients_search WHERE clients_search MATCH ?1
-             UNION SELECT rowid FROM clients_phone_search WHERE clients_phone_search MATCH ?2"
+             UNION SELECT rowid FROM clients_phone_search
+                   WHERE clients_phone_search MATCH ?2 AND +phone_digits LIKE ?3"
         } else {
             "SELECT rowid FROM clients_search WHERE clients_search MATCH ?1"
         };
-        let phone_phrase = phone.as_ref().map(|digits| format!("\"{digits}\""));
+        let phone_phrase = phone
+            .as_ref()
+            .map(|digits| format!("\"{}\"", &digits[digits.len().saturating_sub(PHONE_INDEXED_DIGITS)..]));
         let matches: i64 = conn
-            .prepare_cached(&format!("SELECT count(*) FROM ({matching} LIMIT ?3)"))?
+            .prepare_cached(&format!("SELECT count(*) FROM ({matching} LIMIT ?4)"))?
             .query_row(
-                params![phrase, phone_phrase, indexed_max_matches.saturating_add(1)],
+                params![
+                    phrase,
+                    phone_phrase,
+                    phone_pattern,
+                    indexed_max_matches.saturating_add(1)
+                ],
                 |r| r.get(0),
             )?;
         if matches <= indexed_max_matches {
@@ -223,13 +243,13 @@ fn search_with(
                     client_columns!(),
                     " FROM clients
                      WHERE rowid IN ({matching})
-                       AND (?3 IS NULL OR (created_at, id) < (?3, ?4))
-                     ORDER BY created_at DESC, id DESC LIMIT ?5"
+                       AND (?4 IS NULL OR (created_at, id) < (?4, ?5))
+                     ORDER BY created_at DESC, id DESC LIMIT ?6"
                 ),
                 matching = matching
             ))?;
             let rows = stmt.query_map(
-                params![phrase, phone_phrase, after_at, after_id, limit],
+                params![phrase, phone_phrase, phone_pattern, after_at, after_id, limit],
                 Client::from_row,
             )?;
             return Ok(rows.collect::<Result<_, _>>()?);
@@ -243,8 +263,6 @@ fn search_with(
         _ => "lower",
     };
     let pattern = term.map(|t| format!("%{}%", t.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
-    // Digits need no escaping.
-    let phone_pattern = phone.map(|digits| format!("%{digits}%"));
     let mut stmt = conn.prepare_cached(&format!(
         concat!(
             "SELECT ",
@@ -332,7 +350,8 @@ mod tests {
             };
             update_contact(tx, &bob.id, None, None, &new_phone)?;
 
-            let cases: [(&str, &[&str]); 23] = [
+            let too_long = "5".repeat(MAX_PHONE_CHARS + 1);
+            let cases: [(&str, &[&str]); 26] = [
                 ("SMITH", &["ann.smith@example.com", "bob@example.org"]),
                 ("ann smith", &["ann.smith@example.com"]),
                 ("tp-100", &["ann.smith@example.com", "c_100%@example.net"]),
@@ -352,6 +371,11 @@ mod tests {
                 ("+442079", &["ann.smith@example.com"]),
                 ("555", &["bob@example.org", "dora@example.com"]),
                 ("(555) 014", &["bob@example.org"]),
+                // The index is asked for the last seven digits; the rest must match too.
+                ("20 7946 0958", &["ann.smith@example.com"]),
+                ("99 7946 0958", &[]),
+                // More digits than a phone holds match no phone.
+                (&too_long, &[]),
                 ("0100", &[]),
                 ("(20)", &["ann.smith@example.com"]),
                 ("45", &["emile@example.fr"]),

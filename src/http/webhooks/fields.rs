@@ -5,7 +5,7 @@ use serde::de::{Deserializer, Error as _};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::domain::{free_text, AccountId, Money, MAX_TEXT_CHARS};
+use crate::domain::{free_text, AccountId, Money, MAX_PHONE_CHARS, MAX_TEXT_CHARS};
 
 fn string_or_integer<'de, D: Deserializer<'de>>(d: D, what: &str) -> Result<String, D::Error> {
     match Value::deserialize(d)? {
@@ -62,13 +62,13 @@ impl<'de> Deserialize<'de> for Phone {
         let s = string(d, "a phone number")?;
         let s = s.trim();
         let allowed = |c: char| c.is_ascii_digit() || " +-().".contains(c);
-        if s.chars().count() > 32
+        if s.chars().count() > MAX_PHONE_CHARS
             || !s.chars().all(allowed)
             || (!s.is_empty() && !s.chars().any(|c| c.is_ascii_digit()))
         {
-            return Err(D::Error::custom(
-                "a phone number must be at most 32 characters of digits, spaces and +-().",
-            ));
+            return Err(D::Error::custom(format!(
+                "a phone number must be at most {MAX_PHONE_CHARS} characters of digits, spaces and +-()."
+            )));
         }
         Ok(Phone(s.to_string()))
     }
