@@ -3,7 +3,7 @@
 -- the digits of the term, through a trigram index of its own beside V3's `clients_search`, so
 -- that index and the clients' names and emails in it are left as they are.
 --
--- A phone is digits, spaces and `+-().` (checked when it arrives), so taking those five out
+-- A phone is digits, spaces and `+-().` (checked when it arrives), so taking those six out
 -- leaves its digits. The same expression is `store::clients::PHONE_DIGITS`; keep them alike.
 CREATE VIEW clients_phone_source AS
     SELECT rowid AS client_rowid,

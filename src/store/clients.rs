@@ -207,8 +207,8 @@ fn search_with(
     let phone_pattern = phone.as_ref().map(|digits| format!("%{digits}%"));
     let (after_at, after_id) = after.unzip();
     let limit = limit.clamp(1, 200);
-    // Trigrams need three characters; a shorter term (or phone digits) is common enough to be
-    // found by walking.
+    // Trigrams need three characters: a shorter term, or a phone term of fewer than three
+    // digits, is common enough to be found by walking.
     let indexable = |t: &String| t.chars().count() >= 3 && phone.as_ref().is_none_or(|d| d.len() >= 3);
     if let Some(term) = term.as_ref().filter(|t| indexable(t)) {
         let phrase = format!("\"{}\"", term.replace('"', "\"\""));
