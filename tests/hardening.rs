@@ -310,16 +310,17 @@ async fn unsigned_webhook_floods_are_limited_per_address_and_signed_ones_still_p
     assert!((1..=60).contains(&retry), "{retry}");
     assert_eq!(recorded(), 60);
     // One too large, over the limit as well: its unread body leaves the connection unusable.
-    let resp = app
-        .http
-        .post(app.url("/api/webhooks/site"))
-        .header("content-type", "application/json")
-        .body(vec![b' '; 2 * 1024 * 1024])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 429);
-    assert_eq!(resp.headers()["connection"], "close");
+    // Sent by hand, and only its start: a client still writing the rest when the answer and the
+    // close arrive may see a broken pipe instead of the answer (reqwest did, now and then).
+    let mut large = format!(
+        "POST /api/webhooks/site HTTP/1.1\r\nHost: crm\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        2 * 1024 * 1024
+    )
+    .into_bytes();
+    large.extend_from_slice(&[b' '; 1024]);
+    let resp = raw_request(&app, &large).await.expect("an answer");
+    assert_eq!(resp.status, 429);
+    assert_eq!(resp.header("connection"), Some("close"));
     // The first refusal of the minute is audited; the other one was not written, and is counted
     // into the address's next such entry rather than lost.
     let limited: Vec<(String, String)> = app
