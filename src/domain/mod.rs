@@ -18,9 +18,15 @@ pub use money::{Money, OUT_OF_RANGE};
 /// service API, admin page): text one of them accepted can always be sent back through another.
 pub const MAX_TEXT_CHARS: usize = 10_000;
 
-/// The longest phone number, in characters (digits, spaces and `+-().`): what a webhook may set,
-/// and so the most digits a search term can share with a phone.
+/// The longest phone number, in characters (see [`is_phone_char`]): what a webhook may set, and
+/// so the most digits a search term can share with a phone.
 pub const MAX_PHONE_CHARS: usize = 32;
+
+/// What a phone number is written with: digits, spaces and `+-().`. A webhook's phone holds
+/// nothing else, and a search term made of them is read as (part of) a phone number.
+pub fn is_phone_char(c: char) -> bool {
+    c.is_ascii_digit() || " +-().".contains(c)
+}
 
 /// Text people write (notes, KYC remarks, an adjustment's reason), held to one rule on every
 /// surface: trimmed, at most `max` characters, and no control characters but line breaks and

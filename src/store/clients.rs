@@ -4,7 +4,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 use super::{now, unique_conflict, StoreError, StoreResult};
-use crate::domain::{ClientId, Email, KycStatus, MAX_PHONE_CHARS};
+use crate::domain::{is_phone_char, ClientId, Email, KycStatus, MAX_PHONE_CHARS};
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -182,7 +182,7 @@ pub fn search(
 /// only, at least one digit, and no more than a phone can hold. `+44 (20) 7946` is `44207946`,
 /// found in `+442079460958`.
 fn phone_digits(term: &str) -> Option<String> {
-    let phone_like = term.chars().all(|c| c.is_ascii_digit() || " +-().".contains(c));
+    let phone_like = term.chars().all(is_phone_char);
     let digits: String = term.chars().filter(char::is_ascii_digit).collect();
     (phone_like && (1..=MAX_PHONE_CHARS).contains(&digits.len())).then_some(digits)
 }

@@ -5,7 +5,7 @@ use serde::de::{Deserializer, Error as _};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::domain::{free_text, AccountId, Money, MAX_PHONE_CHARS, MAX_TEXT_CHARS};
+use crate::domain::{free_text, is_phone_char, AccountId, Money, MAX_PHONE_CHARS, MAX_TEXT_CHARS};
 
 fn string_or_integer<'de, D: Deserializer<'de>>(d: D, what: &str) -> Result<String, D::Error> {
     match Value::deserialize(d)? {
@@ -61,9 +61,8 @@ impl<'de> Deserialize<'de> for Phone {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = string(d, "a phone number")?;
         let s = s.trim();
-        let allowed = |c: char| c.is_ascii_digit() || " +-().".contains(c);
         if s.chars().count() > MAX_PHONE_CHARS
-            || !s.chars().all(allowed)
+            || !s.chars().all(is_phone_char)
             || (!s.is_empty() && !s.chars().any(|c| c.is_ascii_digit()))
         {
             return Err(D::Error::custom(format!(
