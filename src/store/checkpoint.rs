@@ -39,8 +39,8 @@ use super::durability::Durability;
 const INTERVAL: Duration = Duration::from_millis(10);
 
 /// 128 MiB of 4 KiB pages: past this, the WAL is brought back to empty. Each time stalls the
-/// writer while the frames the last pass missed are copied and synced: 2-10 ms, about once a
-/// second under full webhook load (measured; README, Performance).
+/// writer while the frames the last pass missed are copied and synced: 2-10 ms when passes came
+/// every 50 ms, about once a second under full webhook load (measured; README, Performance).
 const RESET_FRAMES: i64 = 32 * 1024;
 
 /// Kept when the WAL starts over, so a burst does not leave a large file behind.
