@@ -15,8 +15,9 @@
 //! under steady writes is only that held pass: every page the unfinished passes had copied since
 //! the last reset was then written to the disk while the writer waited (30-95 ms, measured). So
 //! this thread syncs the database file itself after every pass, outside any hold: the disk takes
-//! the copied pages a megabyte or two at a time, and the held pass syncs only what it copied. Nothing depends on that extra sync for safety: SQLite still syncs the WAL before
-//! copying from it and the database file before the WAL may start over.
+//! the copied pages a megabyte or two at a time, and the held pass syncs only what it copied.
+//! Nothing depends on that extra sync for safety: SQLite still syncs the WAL before copying from
+//! it and the database file before the WAL may start over.
 
 use std::fs::File;
 use std::path::Path;
