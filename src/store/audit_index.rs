@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection};
 
+use super::retry::{self, Streak};
 use super::{Db, StoreError, StoreResult};
 
 /// The audit rows `a` not indexed yet, read from the newest rows of the log: the one place the
@@ -274,6 +275,7 @@ pub fn spawn(db: Db) -> std::io::Result<Handle> {
         .name("crm-audit-index".into())
         .spawn(move || {
             let mut indexer: Option<Indexer> = None;
+            let mut failing = Streak::default();
             loop {
                 // After a failed write nothing is read or written any more (see `durability`).
                 if db.sync_failed() {
@@ -286,13 +288,20 @@ pub fn spawn(db: Db) -> std::io::Result<Handle> {
                     Some(i) => i.step(&db, false),
                     None => Indexer::load(&db).map(|loaded| indexer = Some(loaded)).map(|()| true),
                 };
+                if more.is_ok() {
+                    if let Some(failed) = failing.end() {
+                        tracing::info!(failed, "indexing the audit log by target succeeds again");
+                    }
+                }
                 let pause = match more {
                     Ok(true) => PACE,
                     Ok(false) => TICK,
                     Err(e) => {
-                        tracing::warn!(error = %e, "indexing the audit log by target failed; will retry");
+                        if failing.add() {
+                            tracing::warn!(error = %e, failed = failing.count(), "indexing the audit log by target failed; retrying every second");
+                        }
                         indexer = None;
-                        Duration::from_secs(1)
+                        retry::PAUSE
                     }
                 };
                 match stopped.recv_timeout(pause) {

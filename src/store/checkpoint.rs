@@ -29,6 +29,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 use super::durability::Durability;
+use super::retry::{self, Streak};
 
 /// Short, so each pass copies, and the sync after it writes, only a megabyte or two. The WAL's
 /// syncs, and so the answers to deposits, wait behind whatever the disk is writing when they are
@@ -72,22 +73,36 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name("crm-checkpoint".into())
         .spawn(move || {
+            let mut failing = Streak::default();
             while nudged.recv().is_ok() {
                 // After a failed write, copying the WAL into the database file would spread what
                 // may never have reached the disk (see `durability`).
                 if durability.has_failed() {
                     continue;
                 }
-                match checkpoint(&conn, &database, &writer) {
-                    Ok(()) => {}
+                let pause = match checkpoint(&conn, &database, &writer) {
+                    Ok(()) => {
+                        if let Some(failed) = failing.end() {
+                            tracing::info!(failed, "WAL checkpoints succeed again");
+                        }
+                        INTERVAL
+                    }
                     // The copied pages may be lost while the WAL, the next pass finding the
                     // database file "synced", starts over without them.
-                    Err(Failed::Write(e)) => durability.fail("writing the database file", &e),
+                    Err(Failed::Write(e)) => {
+                        durability.fail("writing the database file", &e);
+                        INTERVAL
+                    }
                     // The disk is full, or a backup holds a lock: the WAL grows until the next
                     // try, and every committed transaction is already durable in it.
-                    Err(Failed::Retry(e)) => tracing::warn!(error = %e, "WAL checkpoint failed; will retry"),
-                }
-                std::thread::sleep(INTERVAL);
+                    Err(Failed::Retry(e)) => {
+                        if failing.add() {
+                            tracing::warn!(error = %e, failed = failing.count(), "WAL checkpoint failed; retrying every second");
+                        }
+                        retry::PAUSE
+                    }
+                };
+                std::thread::sleep(pause);
             }
         })?;
     Ok((Nudge(nudge), thread))

@@ -13,6 +13,7 @@ pub mod durability;
 mod group_commit;
 pub mod idempotency;
 pub mod notes;
+mod retry;
 pub mod secret_history;
 pub mod sso;
 pub mod staff;
