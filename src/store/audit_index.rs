@@ -285,14 +285,20 @@ pub fn spawn(db: Db) -> std::io::Result<Handle> {
                     }
                 }
                 let more = match indexer.as_mut() {
-                    Some(i) => i.step(&db, false),
+                    Some(i) => {
+                        let before = i.committed.clone();
+                        let more = i.step(&db, false);
+                        // Only a step that wrote ends a streak of failures: loading, and a step
+                        // that only reads, succeed while every write fails.
+                        if more.is_ok() && i.committed != before {
+                            if let Some(failed) = failing.end() {
+                                tracing::info!(failed, "indexing the audit log by target succeeds again");
+                            }
+                        }
+                        more
+                    }
                     None => Indexer::load(&db).map(|loaded| indexer = Some(loaded)).map(|()| true),
                 };
-                if more.is_ok() {
-                    if let Some(failed) = failing.end() {
-                        tracing::info!(failed, "indexing the audit log by target succeeds again");
-                    }
-                }
                 let pause = match more {
                     Ok(true) => PACE,
                     Ok(false) => TICK,
