@@ -1,8 +1,8 @@
 //! How the background threads (WAL checkpoints, the audit log's index by target) go on after a
 //! failure that may pass, such as a full disk or a lock held by another process: they try again
-//! every [`PAUSE`], and log the first failure of a streak, then one in every [`LOG_EVERY`] (a
-//! minute apart), then the first success with the count, so that a full disk does not also fill
-//! the log.
+//! every [`PAUSE`] or so, and log the first failure of a streak, then one in every [`LOG_EVERY`]
+//! (a minute or more apart), then the first success with the count, so that a full disk does not
+//! also fill the log.
 
 use std::time::Duration;
 
