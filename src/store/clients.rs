@@ -181,11 +181,28 @@ pub fn search(
 /// The digits of a term written like (part of) a phone number: digits, spaces and `+-().`
 /// only, at least one digit, and no more than a phone can hold. `+44 (20) 7946` is `44207946`,
 /// found in `+442079460958`.
+///
+/// Leading zeros are dropped when at least [`SIGNIFICANT_DIGITS`] digits are left: a national
+/// number's trunk prefix (`020 7946 0958`) and an international call prefix (`0044 20 ...`) are
+/// zeros that the number written with `+` does not have, so staff typing either form find it.
+/// This only ever finds more: a phone holding all the digits holds the ones left.
 fn phone_digits(term: &str) -> Option<String> {
     let phone_like = term.chars().all(is_phone_char);
     let digits: String = term.chars().filter(char::is_ascii_digit).collect();
-    (phone_like && (1..=MAX_PHONE_CHARS).contains(&digits.len())).then_some(digits)
+    if !(phone_like && (1..=MAX_PHONE_CHARS).contains(&digits.len())) {
+        return None;
+    }
+    let significant = digits.trim_start_matches('0');
+    Some(if significant.len() >= SIGNIFICANT_DIGITS {
+        significant.to_string()
+    } else {
+        digits
+    })
 }
+
+/// Enough digits to tell clients apart once a term's leading zeros are dropped; a shorter
+/// term keeps them (`0100` is not `100`).
+const SIGNIFICANT_DIGITS: usize = 6;
 
 /// How many of a phone term's digits, its last ones, the trigram index is asked for. A phrase
 /// costs about its trigram count times the clients each trigram is in, and a country code or
@@ -351,7 +368,7 @@ mod tests {
             update_contact(tx, &bob.id, None, None, &new_phone)?;
 
             let too_long = "5".repeat(MAX_PHONE_CHARS + 1);
-            let cases: [(&str, &[&str]); 26] = [
+            let cases: [(&str, &[&str]); 29] = [
                 ("SMITH", &["ann.smith@example.com", "bob@example.org"]),
                 ("ann smith", &["ann.smith@example.com"]),
                 ("tp-100", &["ann.smith@example.com", "c_100%@example.net"]),
@@ -377,6 +394,11 @@ mod tests {
                 // More digits than a phone holds match no phone.
                 (&too_long, &[]),
                 ("0100", &[]),
+                // A national form, or one with an international call prefix, finds the number
+                // written with `+`; a short term keeps its zeros.
+                ("020 7946 0958", &["ann.smith@example.com"]),
+                ("0044 20 7946 0958", &["ann.smith@example.com"]),
+                ("00331", &["emile@example.fr"]),
                 ("(20)", &["ann.smith@example.com"]),
                 ("45", &["emile@example.fr"]),
                 // A term with letters is not a phone: `tp-1002`'s digits are nobody's phone.
