@@ -275,7 +275,7 @@ pub fn spawn(db: Db) -> std::io::Result<Handle> {
         .name("crm-audit-index".into())
         .spawn(move || {
             let mut indexer: Option<Indexer> = None;
-            let mut failing = Streak::default();
+            let mut failing = Streak::new("indexing the audit log by target");
             loop {
                 // After a failed write nothing is read or written any more (see `durability`).
                 if db.sync_failed() {
@@ -291,9 +291,7 @@ pub fn spawn(db: Db) -> std::io::Result<Handle> {
                         // Only a step that wrote ends a streak of failures: loading, and a step
                         // that only reads, succeed while every write fails.
                         if more.is_ok() && i.committed != before {
-                            if let Some(failed) = failing.end() {
-                                tracing::info!(failed, "indexing the audit log by target succeeds again");
-                            }
+                            failing.succeeded();
                         }
                         more
                     }
@@ -303,9 +301,7 @@ pub fn spawn(db: Db) -> std::io::Result<Handle> {
                     Ok(true) => PACE,
                     Ok(false) => TICK,
                     Err(e) => {
-                        if failing.add() {
-                            tracing::warn!(error = %e, failed = failing.count(), "indexing the audit log by target failed; retrying every second");
-                        }
+                        failing.failed(&e);
                         indexer = None;
                         retry::PAUSE
                     }

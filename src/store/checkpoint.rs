@@ -73,7 +73,7 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name("crm-checkpoint".into())
         .spawn(move || {
-            let mut failing = Streak::default();
+            let mut failing = Streak::new("WAL checkpoint");
             while nudged.recv().is_ok() {
                 // After a failed write, copying the WAL into the database file would spread what
                 // may never have reached the disk (see `durability`).
@@ -82,9 +82,7 @@ pub fn spawn(
                 }
                 let pause = match checkpoint(&conn, &database, &writer) {
                     Ok(()) => {
-                        if let Some(failed) = failing.end() {
-                            tracing::info!(failed, "WAL checkpoints succeed again");
-                        }
+                        failing.succeeded();
                         INTERVAL
                     }
                     // The copied pages may be lost while the WAL, the next pass finding the
@@ -96,9 +94,7 @@ pub fn spawn(
                     // The disk is full, or a backup holds a lock: the WAL grows until the next
                     // try, and every committed transaction is already durable in it.
                     Err(Failed::Retry(e)) => {
-                        if failing.add() {
-                            tracing::warn!(error = %e, failed = failing.count(), "WAL checkpoint failed; retrying every second");
-                        }
+                        failing.failed(&e);
                         retry::PAUSE
                     }
                 };
